@@ -1,0 +1,1 @@
+//! The worker: lease jobs, check out code, run plugins, stream logs.

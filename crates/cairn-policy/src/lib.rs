@@ -1,0 +1,1 @@
+//! Rego policies with regorus: compile once, evaluate many.

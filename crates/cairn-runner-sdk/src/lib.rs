@@ -1,0 +1,1 @@
+//! Runner plugin handshake and serve/connect helpers.

@@ -1,0 +1,1 @@
+//! The control plane: gRPC services, auth, scheduler, webhooks.

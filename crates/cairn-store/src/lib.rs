@@ -1,0 +1,1 @@
+//! The Store trait and the conformance suite every backend must pass.

@@ -1,0 +1,1 @@
+//! Tracing subscriber, OTLP exporter, W3C trace-context propagation.

@@ -1,0 +1,2 @@
+//! The cairn binary: server, agent, dev and the client verbs.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Ansible runner plugin.
+fn main() {}

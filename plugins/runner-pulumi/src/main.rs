@@ -1,0 +1,2 @@
+//! Pulumi runner plugin.
+fn main() {}

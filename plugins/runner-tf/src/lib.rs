@@ -1,0 +1,1 @@
+//! Terraform and OpenTofu runner plugins.

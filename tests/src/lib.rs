@@ -1,0 +1,1 @@
+//! End-to-end tests: real server, agents, plugins and vendor binaries.
