@@ -1,1 +1,186 @@
-//! The Store trait and the conformance suite every backend must pass.
+//! The one storage trait. Each backend (cairn-store-sqlite, cairn-store-postgres) implements it
+//! with its own migrations and must pass [`conformance`], the shared suite.
+//!
+//! Runs and stacks are stored as JSON documents next to the indexed columns that queries need
+//! (state, stack, type, creation order, version). Every write of a run is a compare-and-swap on
+//! its `version`; the domain logic of a transition lives in cairn-core ([`Run::apply`]) and
+//! [`transition`] retries it on a lost race, so the state machine is enforced in one place.
+
+use async_trait::async_trait;
+use cairn_core::{
+    ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Run, RunEvent, RunPatch, Stack,
+    Worker, WorkerPool,
+};
+
+pub mod conformance;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    /// Optimistic concurrency: the row changed since it was read.
+    #[error("{kind} {id:?} was changed concurrently (expected version {expected})")]
+    Conflict {
+        kind: &'static str,
+        id: String,
+        expected: i64,
+    },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        StoreError::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One page request: `token` is the opaque `next` of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub size: u32,
+    pub token: Option<String>,
+}
+
+impl Page {
+    pub const DEFAULT_SIZE: u32 = 50;
+    pub const MAX_SIZE: u32 = 500;
+
+    pub fn first(size: u32) -> Page {
+        Page { size, token: None }
+    }
+
+    /// The effective size: 0 means the default; capped at the maximum.
+    pub fn limit(&self) -> u32 {
+        match self.size {
+            0 => Self::DEFAULT_SIZE,
+            n => n.min(Self::MAX_SIZE),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PageOut<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Stacks. `version` starts at 1 and every update bumps it.
+    async fn create_stack(&self, stack: Stack, env: Vec<EnvVar>) -> Result<Stack>;
+    async fn get_stack(&self, id: &str) -> Result<Stack>;
+    /// Stacks carrying all `labels`, ordered by id.
+    async fn list_stacks(&self, labels: &[String], page: &Page) -> Result<PageOut<Stack>>;
+    /// Every stack (policy inputs, push fan-out).
+    async fn all_stacks(&self) -> Result<Vec<Stack>>;
+    /// Replaces the stored stack if its version is still `stack.version`; returns the stored
+    /// stack with the bumped version, or `Conflict`.
+    async fn update_stack(&self, stack: Stack) -> Result<Stack>;
+    /// Deletes a stack, its variables and runs; refused (FailedPrecondition) while a run of the
+    /// stack is not terminal. The check and the delete are one transaction.
+    async fn delete_stack(&self, id: &str) -> Result<()>;
+
+    // Environment variables (values in clear: the service redacts secrets).
+    async fn set_env_var(&self, stack_id: &str, var: EnvVar) -> Result<()>;
+    async fn delete_env_var(&self, stack_id: &str, name: &str) -> Result<()>;
+    async fn list_env_vars(&self, stack_id: &str) -> Result<Vec<EnvVar>>;
+
+    // Runs.
+    async fn create_run(&self, run: Run) -> Result<Run>;
+    async fn get_run(&self, id: &str) -> Result<Run>;
+    /// A stack's runs, newest first.
+    async fn list_runs(&self, stack_id: &str, page: &Page) -> Result<PageOut<Run>>;
+    /// Writes `run` if the stored version is still `expected_version` (the caller has already
+    /// bumped `run.version`); otherwise `Conflict` and nothing changes.
+    async fn update_run(&self, run: &Run, expected_version: i64) -> Result<Run>;
+    /// Runs of a stack that are not terminal.
+    async fn unfinished_runs(&self, stack_id: &str) -> Result<Vec<Run>>;
+    /// Runs in a dispatchable state plus the head of each stack's blocking queue; order them
+    /// with [`cairn_core::dispatch_order`].
+    async fn dispatch_view(&self) -> Result<DispatchView>;
+    async fn workflow_runs(&self, workflow_id: &str) -> Result<Vec<Run>>;
+
+    // Logs.
+    async fn append_logs(&self, run_id: &str, lines: &[LogLine]) -> Result<()>;
+    async fn read_logs(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogLine>>;
+    /// The highest seq stored for a run (0 when none).
+    async fn last_log_seq(&self, run_id: &str) -> Result<i64>;
+
+    // Worker pools, workers, leases.
+    async fn create_worker_pool(&self, pool: WorkerPool) -> Result<WorkerPool>;
+    async fn get_worker_pool(&self, id: &str) -> Result<WorkerPool>;
+    async fn find_worker_pool_by_token_hash(&self, token_hash: &str) -> Result<WorkerPool>;
+    async fn list_worker_pools(&self) -> Result<Vec<WorkerPool>>;
+    async fn upsert_worker(&self, worker: Worker) -> Result<()>;
+    async fn list_workers(&self, pool_id: &str) -> Result<Vec<Worker>>;
+    async fn create_lease(&self, lease: Lease) -> Result<()>;
+    async fn get_lease(&self, id: &str) -> Result<Lease>;
+    /// Refreshes the heartbeat of the given leases of one worker.
+    async fn heartbeat_leases(
+        &self,
+        worker_id: &str,
+        lease_ids: &[String],
+        now: Nanos,
+    ) -> Result<()>;
+    async fn delete_lease(&self, id: &str) -> Result<()>;
+    async fn list_leases(&self) -> Result<Vec<Lease>>;
+
+    // API keys (secrets stored as hashes only).
+    async fn create_api_key(&self, key: ApiKey) -> Result<ApiKey>;
+    async fn find_api_key_by_hash(&self, secret_hash: &str) -> Result<ApiKey>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>>;
+    async fn revoke_api_key(&self, id: &str) -> Result<()>;
+}
+
+/// Applies `event` to a run through the state machine and persists it atomically with its
+/// history entry. Lost races are retried against the fresh run, so of several concurrent
+/// conflicting calls exactly one wins and the others see FAILED_PRECONDITION from the table.
+pub async fn transition(
+    store: &dyn Store,
+    run_id: &str,
+    event: RunEvent,
+    note: &str,
+    patch: RunPatch,
+) -> Result<Run> {
+    mutate_run(store, run_id, |run, now| {
+        run.apply(event, note, patch.clone(), now).map(|_| ())
+    })
+    .await
+}
+
+/// Reads, mutates and compare-and-swaps a run, retrying on conflicts. `f` must be a pure
+/// function of the run it is given.
+pub async fn mutate_run<F>(store: &dyn Store, run_id: &str, f: F) -> Result<Run>
+where
+    F: Fn(&mut Run, Nanos) -> std::result::Result<(), CoreError> + Send + Sync,
+{
+    // Each retry means another writer won; 64 rounds is far beyond any realistic contention and
+    // keeps a pathological loop bounded.
+    for _ in 0..64 {
+        let mut run = store.get_run(run_id).await?;
+        let expected = run.version;
+        f(&mut run, cairn_core::now_nanos())?;
+        match store.update_run(&run, expected).await {
+            Err(StoreError::Conflict { .. }) => {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            other => return other,
+        }
+    }
+    Err(StoreError::Conflict {
+        kind: "run",
+        id: run_id.to_string(),
+        expected: -1,
+    })
+}
