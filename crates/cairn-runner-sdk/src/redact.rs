@@ -31,6 +31,11 @@ impl Redactor {
         out
     }
 
+    /// The secret values, longest first.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
     }

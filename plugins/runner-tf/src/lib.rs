@@ -1,1 +1,445 @@
 //! Terraform and OpenTofu runner plugins.
+//!
+//! One implementation, two binaries: `cairn-runner-terraform` runs `terraform` (or
+//! `$CAIRN_TERRAFORM_BIN`), `cairn-runner-opentofu` runs `tofu` (or `$CAIRN_TOFU_BIN`).
+//!
+//! Plan: `init`, `plan -out=<project>/.cairn/plan.tfplan -detailed-exitcode -json`, then
+//! `show -json` of the plan file, parsed by [`parse::parse_plan`]. Apply: `apply -json` of that
+//! plan file, then `output -json`.
+
+pub mod parse;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cairn_proto::runner::v1::{
+    apply_response, plan_response, ApplyRequest, ApplyResponse, ApplyResult, Capabilities,
+    DescribeRequest, DescribeResponse, PlanRequest, PlanResponse, PlanResult, Workspace,
+};
+use cairn_proto::v1::{ChangePhase, LogStream, Phase};
+use cairn_runner_sdk::{
+    event_stream, EventSink, EventStream, Redactor, RunnerEvent, RunnerService, VendorCommand,
+    VendorOutcome,
+};
+use tonic::{Request, Response, Status};
+
+/// Errors of the Terraform/OpenTofu plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Parse(String),
+    #[error(transparent)]
+    Sdk(#[from] cairn_runner_sdk::Error),
+}
+
+/// Which CLI this plugin drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Terraform,
+    OpenTofu,
+}
+
+impl Flavor {
+    pub fn vendor(self) -> &'static str {
+        match self {
+            Self::Terraform => "terraform",
+            Self::OpenTofu => "opentofu",
+        }
+    }
+
+    fn bin_env(self) -> &'static str {
+        match self {
+            Self::Terraform => "CAIRN_TERRAFORM_BIN",
+            Self::OpenTofu => "CAIRN_TOFU_BIN",
+        }
+    }
+
+    fn default_bin(self) -> &'static str {
+        match self {
+            Self::Terraform => "terraform",
+            Self::OpenTofu => "tofu",
+        }
+    }
+
+    /// The CLI to run: the override from the environment, else the name on PATH.
+    pub fn binary(self) -> PathBuf {
+        std::env::var_os(self.bin_env())
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(self.default_bin()), PathBuf::from)
+    }
+}
+
+/// Where the saved plan lives, relative to the project root; the agent carries the whole
+/// workspace from plan to apply, this file included.
+pub const PLAN_FILE: &str = ".cairn/plan.tfplan";
+
+/// The Runner contract for Terraform or OpenTofu.
+#[derive(Debug, Clone)]
+pub struct TfRunner {
+    flavor: Flavor,
+    binary: PathBuf,
+}
+
+impl TfRunner {
+    pub fn new(flavor: Flavor) -> Self {
+        Self {
+            flavor,
+            binary: flavor.binary(),
+        }
+    }
+}
+
+/// Serves the plugin for `flavor`; what both binaries' `main` does.
+pub async fn run_main(flavor: Flavor) -> Result<(), cairn_runner_sdk::Error> {
+    cairn_runner_sdk::init_logging();
+    cairn_runner_sdk::serve(TfRunner::new(flavor)).await
+}
+
+fn project_dir(ws: &Workspace) -> PathBuf {
+    Path::new(&ws.root_dir).join(&ws.project_root)
+}
+
+/// The vendor's environment: the stack's, input variables as `TF_VAR_*`, and automation mode.
+fn vendor_env(ws: &Workspace) -> HashMap<String, String> {
+    let mut env = ws.env.clone();
+    for (name, value) in &ws.variables {
+        env.insert(format!("TF_VAR_{name}"), value.clone());
+    }
+    env.insert("TF_IN_AUTOMATION".into(), "1".into());
+    env.insert("TF_INPUT".into(), "0".into());
+    env
+}
+
+fn redactor(ws: &Workspace) -> Redactor {
+    Redactor::new(ws.secret_values.iter().cloned())
+}
+
+/// A finished step: success, or the vendor's explanation of the failure.
+type StepResult = Result<(), String>;
+
+struct Session<'a, T: RunnerEvent> {
+    runner: &'a TfRunner,
+    sink: &'a EventSink<T>,
+    dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl<T: RunnerEvent> Session<'_, T> {
+    fn command(&self) -> VendorCommand {
+        VendorCommand::new(&self.runner.binary)
+            .current_dir(&self.dir)
+            .envs(&self.env)
+    }
+
+    /// Runs a `-json` command, rendering its UI messages and collecting error diagnostics.
+    async fn run_json(&self, args: &[String]) -> Result<(VendorOutcome, StepResult), Error> {
+        let mut errors = Vec::new();
+        let outcome = self
+            .command()
+            .args(args)
+            .run(self.sink, |line| {
+                let ui = parse::render_ui_line(line);
+                errors.extend(ui.error);
+                ui.text
+            })
+            .await?;
+        let step = step_result(&outcome, &errors, self.sink.redactor());
+        Ok((outcome, step))
+    }
+
+    async fn run_plain(&self, args: &[&str]) -> Result<StepResult, Error> {
+        let outcome = self
+            .command()
+            .args(args)
+            .run(self.sink, |line| Some(line.to_owned()))
+            .await?;
+        Ok(step_result(&outcome, &[], self.sink.redactor()))
+    }
+
+    async fn capture(&self, args: &[&str]) -> Result<(VendorOutcome, StepResult), Error> {
+        let outcome = self
+            .command()
+            .args(args)
+            .capture_stdout(true)
+            .run(self.sink, |_| None)
+            .await?;
+        let step = step_result(&outcome, &[], self.sink.redactor());
+        Ok((outcome, step))
+    }
+
+    async fn init(&self) -> Result<StepResult, Error> {
+        self.sink.phase(Phase::Initializing).await?;
+        self.run_plain(&["init", "-input=false", "-no-color"]).await
+    }
+
+    /// `plan` into [`PLAN_FILE`]; `Ok(Ok(()))` whether or not something changes.
+    async fn plan(&self, targets: &[String], destroy: bool) -> Result<StepResult, Error> {
+        self.sink.phase(Phase::Planning).await?;
+        let plan_file = self.dir.join(PLAN_FILE);
+        if let Some(parent) = plan_file.parent() {
+            std::fs::create_dir_all(parent).map_err(cairn_runner_sdk::Error::from)?;
+        }
+        let mut args = vec![
+            "plan".to_owned(),
+            "-input=false".to_owned(),
+            format!("-out={}", plan_file.display()),
+            "-detailed-exitcode".to_owned(),
+            "-json".to_owned(),
+        ];
+        args.extend(targets.iter().map(|t| format!("-target={t}")));
+        if destroy {
+            args.push("-destroy".to_owned());
+        }
+        let (outcome, step) = self.run_json(&args).await?;
+        // -detailed-exitcode: 0 no changes, 2 changes, anything else an error.
+        Ok(match outcome.code() {
+            Some(0 | 2) => Ok(()),
+            _ => step,
+        })
+    }
+
+    async fn show_plan(
+        &self,
+        phase: ChangePhase,
+    ) -> Result<Result<parse::ParsedPlan, String>, Error> {
+        let plan_file = self.dir.join(PLAN_FILE);
+        let plan_file = plan_file.to_string_lossy();
+        let (outcome, step) = self.capture(&["show", "-json", &plan_file]).await?;
+        if let Err(e) = step {
+            return Ok(Err(e));
+        }
+        Ok(parse::parse_plan(
+            &outcome.stdout,
+            self.runner.flavor.vendor(),
+            phase,
+            self.sink.redactor(),
+        )
+        .map_err(|e| e.to_string()))
+    }
+}
+
+fn step_result(outcome: &VendorOutcome, errors: &[String], redactor: &Redactor) -> StepResult {
+    if outcome.success() {
+        Ok(())
+    } else if errors.is_empty() {
+        Err(outcome.error_message())
+    } else {
+        Err(redactor.redact(&errors.join("\n")))
+    }
+}
+
+impl TfRunner {
+    async fn do_plan(
+        &self,
+        req: PlanRequest,
+        sink: &EventSink<PlanResponse>,
+    ) -> Result<PlanResult, Error> {
+        let ws = req.workspace.unwrap_or_default();
+        let session = Session {
+            runner: self,
+            sink,
+            dir: project_dir(&ws),
+            env: vendor_env(&ws),
+        };
+        let failed = |error: String| PlanResult {
+            success: false,
+            error,
+            ..Default::default()
+        };
+        if let Err(e) = session.init().await? {
+            return Ok(failed(e));
+        }
+        if req.skip_planning {
+            sink.system("planning skipped on request").await?;
+            // A stale plan file from an earlier run must not be applied by mistake.
+            let _ = std::fs::remove_file(session.dir.join(PLAN_FILE));
+            return Ok(PlanResult {
+                success: true,
+                skipped: true,
+                ..Default::default()
+            });
+        }
+        if let Err(e) = session.plan(&req.targets, req.destroy).await? {
+            return Ok(failed(e));
+        }
+        Ok(match session.show_plan(ChangePhase::Plan).await? {
+            Ok(plan) => PlanResult {
+                success: true,
+                error: String::new(),
+                no_op: plan.no_op,
+                delta: Some(plan.delta),
+                changes: plan.changes,
+                plan_json: plan.plan_json,
+                skipped: false,
+            },
+            Err(e) => failed(e),
+        })
+    }
+
+    async fn do_apply(
+        &self,
+        req: ApplyRequest,
+        sink: &EventSink<ApplyResponse>,
+    ) -> Result<ApplyResult, Error> {
+        let ws = req.workspace.unwrap_or_default();
+        let session = Session {
+            runner: self,
+            sink,
+            dir: project_dir(&ws),
+            env: vendor_env(&ws),
+        };
+        let failed = |error: String| ApplyResult {
+            success: false,
+            error,
+            ..Default::default()
+        };
+        if req.skip_applying {
+            sink.system("applying skipped on request").await?;
+            return Ok(ApplyResult {
+                success: true,
+                skipped: true,
+                ..Default::default()
+            });
+        }
+        // A workspace restored on another worker may lack the provider cache.
+        if !session.dir.join(".terraform").is_dir() {
+            if let Err(e) = session.init().await? {
+                return Ok(failed(e));
+            }
+        }
+        let plan_file = session.dir.join(PLAN_FILE);
+        if !plan_file.exists() {
+            // Planning was skipped: plan now, then apply that plan, so there is one way to apply.
+            sink.system("no saved plan (planning was skipped): planning before applying")
+                .await?;
+            if let Err(e) = session.plan(&req.targets, req.destroy).await? {
+                return Ok(failed(e));
+            }
+        }
+        let plan = match session.show_plan(ChangePhase::Apply).await? {
+            Ok(plan) => plan,
+            Err(e) => return Ok(failed(e)),
+        };
+        sink.phase(Phase::Applying).await?;
+        let args = vec![
+            "apply".to_owned(),
+            "-input=false".to_owned(),
+            "-json".to_owned(),
+            plan_file.to_string_lossy().into_owned(),
+        ];
+        let (_, step) = session.run_json(&args).await?;
+        if let Err(e) = step {
+            return Ok(failed(e));
+        }
+        let (outcome, step) = session.capture(&["output", "-json"]).await?;
+        if let Err(e) = step {
+            return Ok(failed(e));
+        }
+        let outputs_json = match parse::parse_outputs(&outcome.stdout, sink.redactor()) {
+            Ok(o) => o,
+            Err(e) => return Ok(failed(e.to_string())),
+        };
+        Ok(ApplyResult {
+            success: true,
+            error: String::new(),
+            delta: Some(plan.delta),
+            changes: plan.changes,
+            outputs_json,
+            skipped: false,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RunnerService for TfRunner {
+    async fn describe(
+        &self,
+        _request: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        // A missing CLI is reported by Plan/Apply with the vendor's error; Describe stays useful.
+        let vendor_version = match VendorCommand::new(&self.binary)
+            .args(["version", "-json"])
+            .output()
+            .await
+        {
+            Ok(out) if out.success() => serde_json::from_str::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["terraform_version"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        Ok(Response::new(DescribeResponse {
+            vendor: self.flavor.vendor().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            vendor_version,
+            capabilities: Some(Capabilities {
+                targets: true,
+                destroy: true,
+                skip_planning: true,
+                import: false,
+            }),
+        }))
+    }
+
+    type PlanStream = EventStream<PlanResponse>;
+
+    async fn plan(
+        &self,
+        request: Request<PlanRequest>,
+    ) -> Result<Response<Self::PlanStream>, Status> {
+        let req = request.into_inner();
+        let ws = req.workspace.clone().unwrap_or_default();
+        let (sink, stream) = event_stream::<PlanResponse>(redactor(&ws));
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let result = runner.do_plan(req, &sink).await;
+            finish(&sink, result, |r| PlanResponse {
+                event: Some(plan_response::Event::Result(r)),
+            })
+            .await;
+        });
+        Ok(Response::new(stream))
+    }
+
+    type ApplyStream = EventStream<ApplyResponse>;
+
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<Self::ApplyStream>, Status> {
+        let req = request.into_inner();
+        let ws = req.workspace.clone().unwrap_or_default();
+        let (sink, stream) = event_stream::<ApplyResponse>(redactor(&ws));
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let result = runner.do_apply(req, &sink).await;
+            finish(&sink, result, |r| ApplyResponse {
+                event: Some(apply_response::Event::Result(r)),
+            })
+            .await;
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// Sends the result, or turns a plugin-side failure into a log line and a gRPC error.
+async fn finish<T: RunnerEvent, R>(
+    sink: &EventSink<T>,
+    result: Result<R, Error>,
+    wrap: impl FnOnce(R) -> T,
+) {
+    match result {
+        Ok(r) => {
+            let _ = sink.send(wrap(r)).await;
+        }
+        Err(Error::Sdk(cairn_runner_sdk::Error::Cancelled)) => {
+            tracing::info!("stream cancelled by the client");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "runner failed");
+            let message = sink.redactor().redact(&e.to_string());
+            let _ = sink.log(LogStream::System, &message).await;
+            let _ = sink.fail(Status::internal(message)).await;
+        }
+    }
+}
