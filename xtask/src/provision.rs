@@ -37,6 +37,7 @@ const BUF_PACKAGE: &str = "@bufbuild/buf@1.75.0";
 const BUF_VERSION: &str = "1.75.0";
 
 pub const PROVIDER_CRATE: &str = "terraform-provider-cairntest";
+const PROVIDER_MANIFEST: &str = "tests/provider/Cargo.toml";
 const PROVIDER_VERSION: &str = "0.1.0";
 const PROVIDER_MIRROR_DIR: &str = "cairn.local/test/cairntest";
 
@@ -165,12 +166,21 @@ fn system_packages(tools: &Tools) -> Result<()> {
     if !util::on_path("npm") {
         missing.push("npm");
     }
+    // tf-provider's build script compiles the plugin protocol with protoc.
+    if provider_manifest().is_file()
+        && std::env::var_os("PROTOC").is_none()
+        && !util::on_path("protoc")
+    {
+        missing.push("protobuf-compiler");
+    }
     let venv_ready = tools.venv().join("bin/python").exists();
     if !venv_ready && venv_capable_python().is_none() {
         missing.extend(["python3", "python3-venv"]);
     }
     if missing.is_empty() {
-        say("system packages: postgresql, git, npm, python3 venv support already present");
+        say(
+            "system packages: all present (postgresql, git, npm, python3-venv, protoc when needed)",
+        );
         return Ok(());
     }
     apt_install(&missing)
@@ -398,10 +408,6 @@ impl Metadata {
             .find(|p| p["name"].as_str() == Some(name))
     }
 
-    pub fn has_package(&self, name: &str) -> bool {
-        self.package(name).is_some()
-    }
-
     pub fn has_bin(&self, package: &str, bin: &str) -> bool {
         self.package(package)
             .and_then(|p| p["targets"].as_array())
@@ -423,27 +429,35 @@ impl Metadata {
     }
 }
 
+/// The test provider is its own Cargo workspace (its tf-provider
+/// dependency brings a second tonic, which the main lock file must not).
+fn provider_manifest() -> PathBuf {
+    util::workspace_root().join(PROVIDER_MANIFEST)
+}
+
 fn test_provider(tools: &Tools) -> Result<()> {
-    let metadata = Metadata::load()?;
-    if !metadata.has_package(PROVIDER_CRATE) {
+    let manifest = provider_manifest();
+    if !manifest.is_file() {
         say(format!(
-            "{PROVIDER_CRATE}: not a workspace member yet, skipping the Terraform test provider"
+            "{PROVIDER_CRATE}: {PROVIDER_MANIFEST} does not exist yet, skipping the Terraform test provider"
         ));
         return Ok(());
     }
-    say(format!("building {PROVIDER_CRATE}"));
-    run(util::cargo().args(["build", "--quiet", "-p", PROVIDER_CRATE]))?;
-    let built = metadata
-        .target_directory()
-        .join("debug")
-        .join(PROVIDER_CRATE);
+    let target_dir = Metadata::load()?.target_directory();
+    say(format!("building {PROVIDER_CRATE} ({PROVIDER_MANIFEST})"));
+    run(util::cargo()
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir))?;
+    let built = target_dir.join("debug").join(PROVIDER_CRATE);
+    let fresh = fs::read(&built).map_err(io_err(format!("reading {}", built.display())))?;
     let dest_dir = tools
         .mirror()
         .join(PROVIDER_MIRROR_DIR)
         .join(PROVIDER_VERSION)
         .join("linux_amd64");
     let dest = dest_dir.join(format!("{PROVIDER_CRATE}_v{PROVIDER_VERSION}"));
-    let fresh = fs::read(&built).map_err(io_err(format!("reading {}", built.display())))?;
     if fs::read(&dest).map(|old| old == fresh).unwrap_or(false) {
         say(format!("test provider: up to date at {}", dest.display()));
         return Ok(());
@@ -551,8 +565,10 @@ mod tests {
     fn metadata_finds_packages_and_bins() {
         let text = r#"{"packages":[{"name":"cairn-tests","version":"0.1.0","id":"x","targets":[{"kind":["lib"],"crate_types":["lib"],"name":"cairn_tests","src_path":"/r/tests/src/lib.rs"},{"kind":["bin"],"crate_types":["bin"],"name":"cairn-bench","src_path":"/r/tests/src/bin/cairn-bench.rs"}],"manifest_path":"/r/tests/Cargo.toml"},{"name":"xtask","version":"0.1.0","targets":[{"kind":["bin"],"crate_types":["bin"],"name":"xtask","src_path":"/r/xtask/src/main.rs"}],"manifest_path":"/r/xtask/Cargo.toml"}],"target_directory":"/r/target","version":1}"#;
         let m = Metadata::parse(text).unwrap();
-        assert!(m.has_package("cairn-tests"));
-        assert!(!m.has_package("terraform-provider-cairntest"));
+        assert!(!m.has_bin(
+            "terraform-provider-cairntest",
+            "terraform-provider-cairntest"
+        ));
         assert!(m.has_bin("cairn-tests", "cairn-bench"));
         assert!(!m.has_bin("cairn-tests", "xtask"));
         assert!(!m.has_bin("xtask", "cairn-bench"));
