@@ -21,12 +21,13 @@ cargo xtask <command>
   pg [-- CMD...]     start a throwaway PostgreSQL on 127.0.0.1; run CMD with
                      CAIRN_TEST_DATABASE_URL set, or wait for Enter/Ctrl-D; then stop it
   test [--no-lint] [-- ARGS...]
-                     provision, lint (fmt, clippy, buf; fail fast), start PostgreSQL,
-                     build all binaries, run doc tests and the test suite (nextest when
-                     installed, ARGS go to it), stop PostgreSQL, print a summary
+                     fmt check, provision, buf lint, clippy (lint fails fast), build all
+                     binaries, start PostgreSQL, run doc tests and the test suite (nextest
+                     when installed, ARGS go to it), stop PostgreSQL, print a summary
   bench [-- ARGS...] provision, start PostgreSQL, run
                      `cargo run --release -p cairn-tests --bin cairn-bench -- ARGS`
-  lint               cargo fmt --check, cargo clippy -D warnings, buf lint
+  lint               cargo fmt --check, buf lint, cargo clippy -D warnings (all run,
+                     failures listed together)
 
 Environment: CAIRN_TOOLS_DIR overrides the tools directory (default target/tools).
 Tests see CAIRN_TOOLS_DIR, CAIRN_TEST_DATABASE_URL, TF_CLI_CONFIG_FILE and a PATH
@@ -103,16 +104,17 @@ fn buf_lint(buf: &Path) -> Result<()> {
         .current_dir(util::workspace_root()))
 }
 
+/// Unlike `test`, runs every check even after a failure, so one run
+/// lists everything to fix.
 fn lint() -> Result<()> {
     let mut steps = Steps::default();
-    let outcome = (|| {
-        steps.run("cargo fmt --check", fmt_check)?;
-        let tools = steps.run("provision buf", provision::buf_only)?;
-        steps.run("buf lint", || buf_lint(&tools.buf()))?;
-        steps.run("cargo clippy -D warnings", clippy)
-    })();
+    let _ = steps.run("cargo fmt --check", fmt_check);
+    if let Ok(tools) = steps.run("provision buf", provision::buf_only) {
+        let _ = steps.run("buf lint", || buf_lint(&tools.buf()));
+    }
+    let _ = steps.run("cargo clippy -D warnings", clippy);
     steps.print_summary("lint");
-    outcome
+    steps.into_result()
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -149,17 +151,16 @@ fn run_tests(steps: &mut Steps, skip_lint: bool, runner_args: &[String]) -> Resu
         steps.run("buf lint", || buf_lint(&tools.buf()))?;
         steps.run("cargo clippy -D warnings", clippy)?;
     }
+    // End-to-end tests run target/debug/cairn and the plugins, which a
+    // test build alone would not produce.
+    steps.run("cargo build --workspace --bins", || {
+        run(util::cargo().args(["build", "--workspace", "--bins"]))
+    })?;
+
     // The guard stops PostgreSQL when this function returns, whatever the
     // outcome of the steps below.
     let pg = steps.run("start PostgreSQL", pg::Postgres::start)?;
     let url = pg.url();
-
-    steps.run("cargo build --workspace --bins", || {
-        let mut cmd = util::cargo();
-        cmd.args(["build", "--workspace", "--bins"]);
-        test_env(&mut cmd, &tools, &url);
-        run(&mut cmd)
-    })?;
 
     // Both suites run even if one fails, so a single CI run reports every
     // broken test. Doc tests go first: CI reads the test runner's closing
