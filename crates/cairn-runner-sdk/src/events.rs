@@ -1,4 +1,6 @@
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_proto::runner::v1::{
@@ -57,8 +59,8 @@ pub fn event_stream<T: RunnerEvent>(redactor: Redactor) -> (EventSink<T>, EventS
     (
         EventSink {
             tx,
-            seq: AtomicI64::new(0),
-            phase: std::sync::Mutex::new(Phase::Unspecified),
+            seq: Arc::new(AtomicI64::new(0)),
+            phase: Arc::new(Mutex::new(Phase::Unspecified)),
             redactor,
         },
         ReceiverStream::new(rx),
@@ -66,12 +68,60 @@ pub fn event_stream<T: RunnerEvent>(redactor: Redactor) -> (EventSink<T>, EventS
 }
 
 /// Sends log lines (always redacted), phase events and the final result of one stream.
+/// Clones share the sequence numbers and the current phase.
 #[derive(Debug)]
 pub struct EventSink<T> {
     tx: mpsc::Sender<Result<T, tonic::Status>>,
-    seq: AtomicI64,
-    phase: std::sync::Mutex<Phase>,
+    seq: Arc<AtomicI64>,
+    phase: Arc<Mutex<Phase>>,
     redactor: Redactor,
+}
+
+impl<T> Clone for EventSink<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            seq: Arc::clone(&self.seq),
+            phase: Arc::clone(&self.phase),
+            redactor: self.redactor.clone(),
+        }
+    }
+}
+
+/// Runs one Plan or Apply in its own task and returns the stream tonic hands to the client.
+///
+/// `work` streams logs through the sink and returns the result, which `wrap` turns into the
+/// final message. An error ends the stream with a (redacted) gRPC `internal` status, unless
+/// the client is already gone, in which case there is nobody to tell.
+pub fn spawn_stream<T, R, E, F, Fut>(
+    redactor: Redactor,
+    work: F,
+    wrap: fn(R) -> T,
+) -> EventStream<T>
+where
+    T: RunnerEvent,
+    F: FnOnce(EventSink<T>) -> Fut,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    R: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (sink, stream) = event_stream::<T>(redactor);
+    let fut = work(sink.clone());
+    tokio::spawn(async move {
+        match fut.await {
+            Ok(result) => {
+                let _ = sink.send(wrap(result)).await;
+            }
+            Err(_) if sink.is_closed() => tracing::info!("stream cancelled by the client"),
+            Err(e) => {
+                let message = sink.redactor().redact(&e.to_string());
+                tracing::error!(error = %message, "runner failed");
+                let _ = sink.system(&message).await;
+                let _ = sink.fail(tonic::Status::internal(message)).await;
+            }
+        }
+    });
+    stream
 }
 
 impl<T: RunnerEvent> EventSink<T> {

@@ -20,7 +20,7 @@ mod vendor;
 
 pub use cairn_proto::runner::v1::runner_service_server::RunnerService;
 pub use error::Error;
-pub use events::{event_stream, EventSink, EventStream, RunnerEvent};
+pub use events::{event_stream, spawn_stream, EventSink, EventStream, RunnerEvent};
 pub use handshake::{Handshake, APP_PROTOCOL_VERSION, CORE_PROTOCOL_VERSION};
 pub use host::{
     find_plugin, launch, plugin_binary_name, LaunchOptions, PluginHandle, StderrCallback,

@@ -16,9 +16,9 @@ use cairn_proto::runner::v1::{
     apply_response, plan_response, ApplyRequest, ApplyResponse, ApplyResult, Capabilities,
     DescribeRequest, DescribeResponse, PlanRequest, PlanResponse, PlanResult, Workspace,
 };
-use cairn_proto::v1::{ChangePhase, LogStream, Phase};
+use cairn_proto::v1::{ChangePhase, Phase};
 use cairn_runner_sdk::{
-    event_stream, EventSink, EventStream, Redactor, RunnerEvent, RunnerService, VendorCommand,
+    spawn_stream, EventSink, EventStream, Redactor, RunnerEvent, RunnerService, VendorCommand,
     VendorOutcome,
 };
 use tonic::{Request, Response, Status};
@@ -110,8 +110,11 @@ fn vendor_env(ws: &Workspace) -> HashMap<String, String> {
     env
 }
 
-fn redactor(ws: &Workspace) -> Redactor {
-    Redactor::new(ws.secret_values.iter().cloned())
+fn redactor(ws: Option<&Workspace>) -> Redactor {
+    Redactor::new(
+        ws.into_iter()
+            .flat_map(|ws| ws.secret_values.iter().cloned()),
+    )
 }
 
 /// A finished step: success, or the vendor's explanation of the failure.
@@ -388,16 +391,14 @@ impl RunnerService for TfRunner {
         request: Request<PlanRequest>,
     ) -> Result<Response<Self::PlanStream>, Status> {
         let req = request.into_inner();
-        let ws = req.workspace.clone().unwrap_or_default();
-        let (sink, stream) = event_stream::<PlanResponse>(redactor(&ws));
         let runner = self.clone();
-        tokio::spawn(async move {
-            let result = runner.do_plan(req, &sink).await;
-            finish(&sink, result, |r| PlanResponse {
+        let stream = spawn_stream(
+            redactor(req.workspace.as_ref()),
+            move |sink| async move { runner.do_plan(req, &sink).await },
+            |r| PlanResponse {
                 event: Some(plan_response::Event::Result(r)),
-            })
-            .await;
-        });
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -408,38 +409,14 @@ impl RunnerService for TfRunner {
         request: Request<ApplyRequest>,
     ) -> Result<Response<Self::ApplyStream>, Status> {
         let req = request.into_inner();
-        let ws = req.workspace.clone().unwrap_or_default();
-        let (sink, stream) = event_stream::<ApplyResponse>(redactor(&ws));
         let runner = self.clone();
-        tokio::spawn(async move {
-            let result = runner.do_apply(req, &sink).await;
-            finish(&sink, result, |r| ApplyResponse {
+        let stream = spawn_stream(
+            redactor(req.workspace.as_ref()),
+            move |sink| async move { runner.do_apply(req, &sink).await },
+            |r| ApplyResponse {
                 event: Some(apply_response::Event::Result(r)),
-            })
-            .await;
-        });
+            },
+        );
         Ok(Response::new(stream))
-    }
-}
-
-/// Sends the result, or turns a plugin-side failure into a log line and a gRPC error.
-async fn finish<T: RunnerEvent, R>(
-    sink: &EventSink<T>,
-    result: Result<R, Error>,
-    wrap: impl FnOnce(R) -> T,
-) {
-    match result {
-        Ok(r) => {
-            let _ = sink.send(wrap(r)).await;
-        }
-        Err(Error::Sdk(cairn_runner_sdk::Error::Cancelled)) => {
-            tracing::info!("stream cancelled by the client");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "runner failed");
-            let message = sink.redactor().redact(&e.to_string());
-            let _ = sink.log(LogStream::System, &message).await;
-            let _ = sink.fail(Status::internal(message)).await;
-        }
     }
 }

@@ -139,7 +139,7 @@ pub fn parse_outputs(output_json: &str, secrets: &Redactor) -> Result<String, Er
         result.insert(name, value);
     }
     let mut result = Value::Object(result);
-    scrub_strings(&mut result, &redactor_with(secrets, leaked));
+    redactor_with(secrets, leaked).redact_json(&mut result);
     Ok(result.to_string())
 }
 
@@ -231,7 +231,7 @@ pub fn redact_plan(doc: &mut Value, secrets: &Redactor) {
     let mut leaked = BTreeSet::new();
     mask_structural(doc, &mut leaked);
     redact_sensitive_variables(doc, &mut leaked);
-    scrub_strings(doc, &redactor_with(secrets, leaked));
+    redactor_with(secrets, leaked).redact_json(doc);
 }
 
 fn redactor_with(secrets: &Redactor, leaked: BTreeSet<String>) -> Redactor {
@@ -344,31 +344,6 @@ fn collect_strings(value: &Value, out: &mut BTreeSet<String>) {
         }
         Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
         Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
-        _ => {}
-    }
-}
-
-fn scrub_strings(value: &mut Value, redactor: &Redactor) {
-    if redactor.is_empty() {
-        return;
-    }
-    match value {
-        Value::String(s) => {
-            let clean = redactor.redact(s);
-            if clean != *s {
-                *s = clean;
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| scrub_strings(v, redactor)),
-        Value::Object(map) => {
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for key in keys {
-                let clean = redactor.redact(&key);
-                let mut child = map.remove(&key).unwrap_or(Value::Null);
-                scrub_strings(&mut child, redactor);
-                map.insert(clean, child);
-            }
-        }
         _ => {}
     }
 }
