@@ -22,6 +22,9 @@ use crate::Error;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
+/// Environment variable carrying a `traceparent` into a child process (the
+/// OpenTelemetry convention for environment carriers).
+pub const TRACEPARENT_ENV: &str = "TRACEPARENT";
 
 struct MetadataInjector<'a>(&'a mut MetadataMap);
 
@@ -171,6 +174,19 @@ pub fn set_parent_from_headers(span: &Span, headers: &http::HeaderMap) -> Result
 /// [`set_parent`] from a `traceparent` string.
 pub fn set_parent_from_traceparent(span: &Span, traceparent: &str) -> Result<(), Error> {
     set_parent(span, context_from_traceparent(traceparent, None)?)
+}
+
+/// Makes `span` a child of the context in the `TRACEPARENT` environment
+/// variable, for processes started by a traced parent. Returns whether a
+/// parent was found; a malformed value is an error.
+pub fn set_parent_from_env(span: &Span) -> Result<bool, Error> {
+    match std::env::var(TRACEPARENT_ENV) {
+        Ok(value) if !value.trim().is_empty() => {
+            set_parent_from_traceparent(span, &value)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The trace id (32 lowercase hex digits) of `span`, if it has a context.
