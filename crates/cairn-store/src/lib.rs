@@ -12,6 +12,7 @@ use cairn_core::{
     Worker, WorkerPool,
 };
 
+pub mod bench;
 pub mod conformance;
 
 #[derive(Debug, thiserror::Error)]
