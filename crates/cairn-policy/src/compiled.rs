@@ -168,9 +168,7 @@ impl CompiledPolicy {
     ) -> Result<Self> {
         let id = id.into();
         let file = format!("{id}.rego");
-        let toks = source::tokenize(&file, body)?;
-        source::check_forbidden_builtins(&toks)?;
-        let body = source::rewrite_sanitized_out_param(body, &toks);
+        let body = source::compat_rewrites(&file, body)?;
         let toks = source::tokenize(&file, &body)?;
 
         let mut engine = new_engine()?;

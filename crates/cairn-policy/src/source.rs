@@ -199,6 +199,36 @@ fn apply_edits(body: &str, mut edits: Vec<(usize, usize, String)>) -> String {
     out
 }
 
+/// Deprecated OPA builtins that Spacelift policies still use (Spacelift runs Rego v0), mapped to
+/// the builtin they alias.
+const DEPRECATED_ALIASES: &[(&str, &str)] = &[
+    ("re_match", "regex.match"),
+    ("net.cidr_overlap", "net.cidr_contains"),
+];
+
+/// Renames calls to [`DEPRECATED_ALIASES`] to their current names.
+pub(crate) fn rewrite_deprecated_aliases(body: &str, toks: &[Tok]) -> String {
+    let mut edits = Vec::new();
+    for p in paths(toks) {
+        if !is_call(toks, &p) {
+            continue;
+        }
+        if let Some((_, new)) = DEPRECATED_ALIASES.iter().find(|(old, _)| *old == p.name) {
+            edits.push((toks[p.first].start, toks[p.next - 1].end, new.to_string()));
+        }
+    }
+    apply_edits(body, edits)
+}
+
+/// Applies every compatibility rewrite that does not depend on other modules.
+pub(crate) fn compat_rewrites(file: &str, body: &str) -> Result<String> {
+    let toks = tokenize(file, body)?;
+    check_forbidden_builtins(&toks)?;
+    let body = rewrite_deprecated_aliases(body, &toks);
+    let toks = tokenize(file, &body)?;
+    Ok(rewrite_sanitized_out_param(&body, &toks))
+}
+
 /// Spacelift documents `sanitized(x, out)` (the OPA out-parameter form); regorus extensions only
 /// support `out := sanitized(x)`, so the two-argument form is rewritten to `out = sanitized(x)`.
 /// Lines are preserved, so error positions stay right for every line.
@@ -365,6 +395,16 @@ mod tests {
         let body =
             "package spacelift\n# http.send(x)\nx := \"http.send(1)\"\ny := input.http.send\n";
         assert!(check_forbidden_builtins(&toks(body)).is_ok());
+    }
+
+    #[test]
+    fn rewrites_deprecated_aliases() {
+        let body = "x { re_match(`^a$`, input.a) }\ny := input.re_match\n";
+        let out = rewrite_deprecated_aliases(body, &toks(body));
+        assert_eq!(
+            out,
+            "x { regex.match(`^a$`, input.a) }\ny := input.re_match\n"
+        );
     }
 
     #[test]

@@ -154,9 +154,7 @@ pub fn run_tests_with(dir: &Path, options: PolicyOptions) -> Result<TestReport> 
             source,
         })?;
         let label = path.display().to_string();
-        let toks = source::tokenize(&label, &body).map_err(|e| in_file(&path, e))?;
-        source::check_forbidden_builtins(&toks).map_err(|e| in_file(&path, e))?;
-        let body = source::rewrite_sanitized_out_param(&body, &toks);
+        let body = source::compat_rewrites(&label, &body).map_err(|e| in_file(&path, e))?;
         let toks = source::tokenize(&label, &body).map_err(|e| in_file(&path, e))?;
         let mut alone = compiled::new_engine()?;
         source::add_module(&mut alone, &label, &body, &toks).map_err(|e| in_file(&path, e))?;
