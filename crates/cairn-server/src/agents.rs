@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_core::{
-    after_planning, dispatch_order, Change, Delta, LeaseKind, Phase, PlanOutcome, Run,
-    RunEvent, RunMode, RunPatch, RunState, RunType, Stack, Worker,
+    after_planning, dispatch_order, Change, Delta, LeaseKind, Phase, PlanOutcome, Run, RunEvent,
+    RunMode, RunPatch, RunState, RunType, Stack, Worker,
 };
 use cairn_proto::agent::v1 as apb;
 use cairn_proto::runner::v1 as rpb;
@@ -129,9 +129,7 @@ impl Registry {
 /// Asks whichever agent holds `run_id` to stop it.
 pub async fn cancel_run_jobs(state: &AppState, run_id: &str, reason: &str) {
     for (lease_id, tx) in state.agents.holders_of(run_id) {
-        let _ = tx
-            .send(Ok(cancel_msg(&lease_id, run_id, reason)))
-            .await;
+        let _ = tx.send(Ok(cancel_msg(&lease_id, run_id, reason))).await;
     }
 }
 
@@ -191,12 +189,14 @@ pub async fn start_session(
         .map_err(ServerError::from)?;
     let (tx, rx) = mpsc::channel(256);
     tx.send(Ok(apb::SessionResponse {
-        message: Some(apb::session_response::Message::Registered(apb::Registered {
-            worker_id: worker_id.clone(),
-            pool_id: pool.id.clone(),
-            heartbeat_interval_ms: millis(state.config.heartbeat_interval),
-            lease_timeout_ms: millis(state.config.lease_timeout),
-        })),
+        message: Some(apb::session_response::Message::Registered(
+            apb::Registered {
+                worker_id: worker_id.clone(),
+                pool_id: pool.id.clone(),
+                heartbeat_interval_ms: millis(state.config.heartbeat_interval),
+                lease_timeout_ms: millis(state.config.lease_timeout),
+            },
+        )),
     }))
     .await
     .map_err(|_| Status::cancelled("agent went away"))?;
@@ -314,7 +314,12 @@ impl Session {
     fn slot(&self, lease_id: &str) -> Option<(String, String, apb::JobKind, Vec<String>)> {
         let map = self.state.agents.lock();
         let s = map.get(&self.worker_id)?.slots.get(lease_id)?;
-        Some((s.run_id.clone(), s.stack_id.clone(), s.kind, s.secrets.clone()))
+        Some((
+            s.run_id.clone(),
+            s.stack_id.clone(),
+            s.kind,
+            s.secrets.clone(),
+        ))
     }
 
     fn with_slot(&self, lease_id: &str, f: impl FnOnce(&mut Slot)) {
@@ -421,7 +426,12 @@ impl Session {
         let run = self.state.store.get_run(run_id).await?;
         advance_to(&self.state, run_id, run.state, RunState::Planning).await;
         if !r.success {
-            fail_run(&self.state, run_id, &format!("planning failed: {}", r.error)).await;
+            fail_run(
+                &self.state,
+                run_id,
+                &format!("planning failed: {}", r.error),
+            )
+            .await;
             return self.end_lease(lease_id).await;
         }
         let changes: std::result::Result<Vec<Change>, ServerError> = r
@@ -499,7 +509,12 @@ impl Session {
                 tracing::info!(run.id = %run_id, error = %e, "apply result not applied");
             }
         } else {
-            fail_run(&self.state, run_id, &format!("applying failed: {}", r.error)).await;
+            fail_run(
+                &self.state,
+                run_id,
+                &format!("applying failed: {}", r.error),
+            )
+            .await;
         }
         self.state
             .artifacts
@@ -528,7 +543,12 @@ fn drives(kind: apb::JobKind, state: RunState) -> bool {
 
 /// Moves a run forward through the phases up to `target`, filling in phases an agent skipped.
 /// Stops quietly where the table refuses (e.g. the run was stopped meanwhile).
-async fn advance_to(state: &AppState, run_id: &str, mut cur: RunState, target: RunState) -> RunState {
+async fn advance_to(
+    state: &AppState,
+    run_id: &str,
+    mut cur: RunState,
+    target: RunState,
+) -> RunState {
     use RunState::*;
     while cur != target {
         let event = match (cur, target) {
@@ -537,7 +557,10 @@ async fn advance_to(state: &AppState, run_id: &str, mut cur: RunState, target: R
             (PreparingApply, Applying) => RunEvent::Apply,
             _ => break,
         };
-        match state.transition(run_id, event, "", RunPatch::default()).await {
+        match state
+            .transition(run_id, event, "", RunPatch::default())
+            .await
+        {
             Ok(run) => cur = run.state,
             Err(_) => break,
         }
@@ -545,7 +568,13 @@ async fn advance_to(state: &AppState, run_id: &str, mut cur: RunState, target: R
     cur
 }
 
-fn phase_span(state: &AppState, run_id: &str, stack_id: &str, run_state: RunState, phase: Phase) -> tracing::Span {
+fn phase_span(
+    state: &AppState,
+    run_id: &str,
+    stack_id: &str,
+    run_state: RunState,
+    phase: Phase,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "run.phase",
         otel.name = %format!("run {}", convert::phase(phase).as_str_name()),
@@ -576,9 +605,14 @@ pub async fn fail_run(state: &AppState, run_id: &str, reason: &str) {
         error: Some(reason.to_string()),
         ..Default::default()
     };
-    match state.transition(run_id, RunEvent::Fail, reason, patch).await {
+    match state
+        .transition(run_id, RunEvent::Fail, reason, patch)
+        .await
+    {
         Ok(run) => {
-            state.system_log(run_id, format!("run failed: {reason}")).await;
+            state
+                .system_log(run_id, format!("run failed: {reason}"))
+                .await;
             state.artifacts.delete_run(run_id, &run.artifact_id).await;
         }
         Err(e) => tracing::debug!(run.id = %run_id, error = %e, "run not failed"),
@@ -597,7 +631,8 @@ pub async fn end_lease(state: &AppState, worker_id: &str, lease_id: &str) -> Res
 
 /// The scheduler: one task, woken by new work and on a tick.
 pub async fn scheduler(state: Arc<AppState>) {
-    let tick = (state.config.lease_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let tick =
+        (state.config.lease_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         if let Err(e) = expire_leases(&state).await {
             tracing::warn!(error = %e, "lease expiry failed");
@@ -664,7 +699,9 @@ async fn dispatch(state: &AppState) -> Result<()> {
             RunState::Confirmed => (RunEvent::PickUpApply, apb::JobKind::Apply),
             _ => continue,
         };
-        let Some(worker_id) = state.agents.pick(convert::effective_pool(stack), &stack.vendor)
+        let Some(worker_id) = state
+            .agents
+            .pick(convert::effective_pool(stack), &stack.vendor)
         else {
             continue;
         };
@@ -685,12 +722,7 @@ async fn lease_run(
 ) -> Result<()> {
     let env = state.store.list_env_vars(&stack.id).await?;
     let workspace_key = match kind {
-        apb::JobKind::Apply => {
-            state
-                .artifacts
-                .data_key(&state.master_key, &run.id)
-                .await?
-        }
+        apb::JobKind::Apply => state.artifacts.data_key(&state.master_key, &run.id).await?,
         _ => {
             state
                 .artifacts
@@ -786,7 +818,10 @@ async fn lease_run(
         },
         project_root: stack.project_root.clone(),
         vendor: stack.vendor.clone(),
-        env: env.iter().map(|v| (v.name.clone(), v.value.clone())).collect(),
+        env: env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect(),
         secret_names: env
             .iter()
             .filter(|v| v.secret)

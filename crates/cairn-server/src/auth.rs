@@ -100,7 +100,10 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Caller, tonic::Status> {
 /// Resolves a bearer secret to its key; revoked and unknown keys are the same failure so that
 /// a probe cannot tell them apart.
 pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<ApiKey, ServerError> {
-    match store.find_api_key_by_hash(&sha256_hex(secret.as_bytes())).await {
+    match store
+        .find_api_key_by_hash(&sha256_hex(secret.as_bytes()))
+        .await
+    {
         Ok(k) if !k.revoked => Ok(k),
         Ok(_) | Err(StoreError::NotFound { .. }) => {
             Err(ServerError::Unauthenticated("invalid API key".into()))
@@ -110,7 +113,11 @@ pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<ApiKey, Ser
 }
 
 fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, secret) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -176,8 +183,7 @@ mod tests {
     #[test]
     fn every_rpc_of_every_served_service_is_in_the_table() {
         use prost::Message;
-        let set =
-            prost_types::FileDescriptorSet::decode(cairn_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let set = prost_types::FileDescriptorSet::decode(cairn_proto::FILE_DESCRIPTOR_SET).unwrap();
         let served = [
             "cairn.v1.SystemService",
             "cairn.v1.StackService",
@@ -199,7 +205,10 @@ mod tests {
                 }
             }
         }
-        let table_cairn = METHODS.iter().filter(|(p, _)| p.starts_with("/cairn.")).count();
+        let table_cairn = METHODS
+            .iter()
+            .filter(|(p, _)| p.starts_with("/cairn."))
+            .count();
         assert_eq!(n, table_cairn, "METHODS lists an RPC that does not exist");
     }
 }

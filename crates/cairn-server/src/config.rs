@@ -75,12 +75,12 @@ impl Config {
     ) -> Result<Config, ServerError> {
         let mut config = Config::default();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ServerError::Config(format!("reading {}: {e}", path.display()))
-            })?;
-            config.apply(ConfigLayer::from_toml(&text).map_err(|e| {
-                ServerError::Config(format!("{}: {e}", path.display()))
-            })?);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ServerError::Config(format!("reading {}: {e}", path.display())))?;
+            config.apply(
+                ConfigLayer::from_toml(&text)
+                    .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?,
+            );
         }
         config.apply(ConfigLayer::from_env(env)?);
         config.apply(overrides);
@@ -175,7 +175,10 @@ impl ConfigLayer {
         let parse_err = |name: &str, e: String| ServerError::Config(format!("{name}: {e}"));
         Ok(ConfigLayer {
             listen: get("CAIRN_LISTEN")
-                .map(|v| v.parse().map_err(|e| parse_err("CAIRN_LISTEN", format!("{e}"))))
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| parse_err("CAIRN_LISTEN", format!("{e}")))
+                })
                 .transpose()?,
             data_dir: get("CAIRN_DATA_DIR").map(PathBuf::from),
             database_url: get("CAIRN_DATABASE_URL"),
@@ -183,9 +186,7 @@ impl ConfigLayer {
                 .map(|v| parse_duration(&v).map_err(|e| parse_err("CAIRN_LEASE_TIMEOUT", e)))
                 .transpose()?,
             heartbeat_interval: get("CAIRN_HEARTBEAT_INTERVAL")
-                .map(|v| {
-                    parse_duration(&v).map_err(|e| parse_err("CAIRN_HEARTBEAT_INTERVAL", e))
-                })
+                .map(|v| parse_duration(&v).map_err(|e| parse_err("CAIRN_HEARTBEAT_INTERVAL", e)))
                 .transpose()?,
             artifact_dir: get("CAIRN_ARTIFACT_DIR").map(PathBuf::from),
             otlp_endpoint: env("CAIRN_OTLP_ENDPOINT"),

@@ -378,7 +378,10 @@ pub fn role_from(field: &str, r: i32) -> Result<core::Role> {
         Ok(pb::Role::Reader) => Ok(core::Role::Reader),
         Ok(pb::Role::Writer) => Ok(core::Role::Writer),
         Ok(pb::Role::Admin) => Ok(core::Role::Admin),
-        _ => Err(ServerError::invalid(field, "must be READER, WRITER or ADMIN")),
+        _ => Err(ServerError::invalid(
+            field,
+            "must be READER, WRITER or ADMIN",
+        )),
     }
 }
 

@@ -91,10 +91,7 @@ impl MasterKey {
         let ct = Aes256Gcm::new(&self.0)
             .encrypt(
                 Nonce::from_slice(&nonce),
-                aes_gcm::aead::Payload {
-                    msg: data_key,
-                    aad,
-                },
+                aes_gcm::aead::Payload { msg: data_key, aad },
             )
             .map_err(|_| ServerError::Crypto("wrapping a data key failed".into()))?;
         let mut out = nonce.to_vec();
@@ -108,7 +105,10 @@ impl MasterKey {
         }
         let (nonce, ct) = wrapped.split_at(NONCE_LEN);
         Aes256Gcm::new(&self.0)
-            .decrypt(Nonce::from_slice(nonce), aes_gcm::aead::Payload { msg: ct, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                aes_gcm::aead::Payload { msg: ct, aad },
+            )
             .map_err(|_| ServerError::Crypto("unwrapping a data key failed".into()))
     }
 }

@@ -68,7 +68,9 @@ impl From<CoreError> for ServerError {
             CoreError::InvalidArgument { field, reason } => {
                 ServerError::InvalidArgument { field, reason }
             }
-            e @ CoreError::IllegalTransition { .. } => ServerError::FailedPrecondition(e.to_string()),
+            e @ CoreError::IllegalTransition { .. } => {
+                ServerError::FailedPrecondition(e.to_string())
+            }
             CoreError::FailedPrecondition(m) => ServerError::FailedPrecondition(m),
         }
     }
@@ -142,15 +144,25 @@ mod tests {
                 .into(),
                 Code::Aborted,
             ),
-            (ServerError::Unauthenticated("x".into()), Code::Unauthenticated),
-            (ServerError::PermissionDenied("x".into()), Code::PermissionDenied),
-            (StoreError::Backend("disk I/O".into()).into(), Code::Internal),
+            (
+                ServerError::Unauthenticated("x".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ServerError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
+            (
+                StoreError::Backend("disk I/O".into()).into(),
+                Code::Internal,
+            ),
         ];
         for (e, code) in cases {
             let s: tonic::Status = e.into();
             assert_eq!(s.code(), code, "{s:?}");
         }
-        let s: tonic::Status = ServerError::from(CoreError::invalid("stack.branch", "empty")).into();
+        let s: tonic::Status =
+            ServerError::from(CoreError::invalid("stack.branch", "empty")).into();
         assert!(s.message().contains("stack.branch"));
         let s: tonic::Status = ServerError::Storage("/secret/path".into()).into();
         assert!(!s.message().contains("/secret/path"));

@@ -40,9 +40,8 @@ impl ServerBuilder {
 
     pub async fn build(self) -> Result<Server> {
         let config = self.config;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ServerError::io(format!("creating {}", config.data_dir.display()), e)
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ServerError::io(format!("creating {}", config.data_dir.display()), e))?;
         let store = match self.store {
             Some(s) => s,
             None => open_store(&config).await?,
@@ -91,7 +90,15 @@ async fn bootstrap(state: &AppState) -> Result<()> {
                 path.display()
             )));
         }
-        let (key, secret) = create_api_key(state, "admin", "Administrator", Vec::new(), false, Role::Admin).await?;
+        let (key, secret) = create_api_key(
+            state,
+            "admin",
+            "Administrator",
+            Vec::new(),
+            false,
+            Role::Admin,
+        )
+        .await?;
         write_secret_file(&path, format!("{secret}\n").as_bytes())?;
         tracing::info!(key.id = %key.id, path = %path.display(), "created the first admin API key");
     }
@@ -104,7 +111,8 @@ async fn bootstrap(state: &AppState) -> Result<()> {
                     ServerError::io(format!("replacing stale {}", path.display()), e)
                 })?;
             }
-            let (_, token) = create_pool(state, cairn_core::DEFAULT_POOL, "Default pool", Vec::new()).await?;
+            let (_, token) =
+                create_pool(state, cairn_core::DEFAULT_POOL, "Default pool", Vec::new()).await?;
             write_secret_file(&path, format!("{token}\n").as_bytes())?;
             tracing::info!(path = %path.display(), "created the default worker pool");
         }
@@ -146,13 +154,9 @@ impl Server {
     async fn router(&self) -> Result<axum::Router> {
         let state = &self.state;
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<StackServiceServer<StackSvc>>()
-            .await;
+        health.set_serving::<StackServiceServer<StackSvc>>().await;
         health.set_serving::<RunServiceServer<RunSvc>>().await;
-        health
-            .set_serving::<SystemServiceServer<SystemSvc>>()
-            .await;
+        health.set_serving::<SystemServiceServer<SystemSvc>>().await;
         health
             .set_serving::<WorkerPoolServiceServer<WorkerPoolSvc>>()
             .await;
@@ -164,26 +168,26 @@ impl Server {
         let grpc = tonic::service::Routes::new(SystemServiceServer::new(SystemSvc {
             state: state.clone(),
         }))
-            .add_service(StackServiceServer::new(StackSvc {
-                state: state.clone(),
-            }))
-            .add_service(RunServiceServer::new(RunSvc {
-                state: state.clone(),
-            }))
-            .add_service(WorkerPoolServiceServer::new(WorkerPoolSvc {
-                state: state.clone(),
-            }))
-            .add_service(AgentServiceServer::new(AgentSvc {
-                state: state.clone(),
-            }))
-            .add_service(health_svc)
-            .add_service(reflection)
-            .prepare()
-            .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(
-                state.store.clone(),
-                crate::auth::layer,
-            ));
+        .add_service(StackServiceServer::new(StackSvc {
+            state: state.clone(),
+        }))
+        .add_service(RunServiceServer::new(RunSvc {
+            state: state.clone(),
+        }))
+        .add_service(WorkerPoolServiceServer::new(WorkerPoolSvc {
+            state: state.clone(),
+        }))
+        .add_service(AgentServiceServer::new(AgentSvc {
+            state: state.clone(),
+        }))
+        .add_service(health_svc)
+        .add_service(reflection)
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            state.store.clone(),
+            crate::auth::layer,
+        ));
         let http = axum::Router::new().route("/healthz", get(healthz));
         Ok(http.merge(grpc))
     }

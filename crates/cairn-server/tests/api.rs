@@ -83,7 +83,10 @@ async fn whoami_and_version() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((me.login.as_str(), me.role), ("rita", pb::Role::Reader as i32));
+    assert_eq!(
+        (me.login.as_str(), me.role),
+        ("rita", pb::Role::Reader as i32)
+    );
     // A revoked key stops working at once.
     let keys = s
         .system(Some(&s.admin))
@@ -149,9 +152,18 @@ async fn stack_crud_and_every_bad_input_changes_nothing() {
             env: vec![],
         }
     };
-    assert_invalid(c.create_stack(bad(&|x| x.branch = String::new())).await, "stack.branch");
-    assert_invalid(c.create_stack(bad(&|x| x.id = "Not A Slug".into())).await, "stack.id");
-    assert_invalid(c.create_stack(bad(&|x| x.name = "n".repeat(300))).await, "stack.name");
+    assert_invalid(
+        c.create_stack(bad(&|x| x.branch = String::new())).await,
+        "stack.branch",
+    );
+    assert_invalid(
+        c.create_stack(bad(&|x| x.id = "Not A Slug".into())).await,
+        "stack.id",
+    );
+    assert_invalid(
+        c.create_stack(bad(&|x| x.name = "n".repeat(300))).await,
+        "stack.name",
+    );
     assert_invalid(
         c.create_stack(bad(&|x| x.description = "d".repeat(5000)))
             .await,
@@ -203,7 +215,12 @@ async fn stack_crud_and_every_bad_input_changes_nothing() {
         Code::AlreadyExists
     );
     assert_eq!(
-        code(c.get_stack(pb::GetStackRequest { stack_id: "nope".into() }).await),
+        code(
+            c.get_stack(pb::GetStackRequest {
+                stack_id: "nope".into()
+            })
+            .await
+        ),
         Code::NotFound
     );
     assert_invalid(
@@ -229,19 +246,30 @@ async fn stack_crud_and_every_bad_input_changes_nothing() {
     upd.version = 99;
     upd.name = "Renamed".into();
     assert_eq!(
-        code(c.update_stack(pb::UpdateStackRequest { stack: Some(upd.clone()) }).await),
+        code(
+            c.update_stack(pb::UpdateStackRequest {
+                stack: Some(upd.clone())
+            })
+            .await
+        ),
         Code::Aborted
     );
     upd.version = created.version;
     upd.branch = String::new();
     assert_invalid(
-        c.update_stack(pb::UpdateStackRequest { stack: Some(upd.clone()) }).await,
+        c.update_stack(pb::UpdateStackRequest {
+            stack: Some(upd.clone()),
+        })
+        .await,
         "stack.branch",
     );
     let mut ghost = stack_input("ghost", false);
     ghost.version = 1;
     assert_eq!(
-        code(c.update_stack(pb::UpdateStackRequest { stack: Some(ghost) }).await),
+        code(
+            c.update_stack(pb::UpdateStackRequest { stack: Some(ghost) })
+                .await
+        ),
         Code::NotFound
     );
     // Environment variables.
@@ -254,7 +282,10 @@ async fn stack_crud_and_every_bad_input_changes_nothing() {
         }),
     };
     assert_invalid(c.set_env_var(var("A-B", "x".into())).await, "var.name");
-    assert_invalid(c.set_env_var(var("BIG", "x".repeat(70 * 1024))).await, "var.value");
+    assert_invalid(
+        c.set_env_var(var("BIG", "x".repeat(70 * 1024))).await,
+        "var.value",
+    );
     let mut unknown = var("OK", "x".into());
     unknown.stack_id = "nope".into();
     assert_eq!(code(c.set_env_var(unknown).await), Code::NotFound);
@@ -271,7 +302,11 @@ async fn stack_crud_and_every_bad_input_changes_nothing() {
         "commit.hash",
     );
 
-    assert_eq!(all_stacks(&s).await, before, "a failed call changed a stack");
+    assert_eq!(
+        all_stacks(&s).await,
+        before,
+        "a failed call changed a stack"
+    );
     let vars = c
         .list_env_vars(pb::ListEnvVarsRequest {
             stack_id: "net".into(),
@@ -300,7 +335,12 @@ async fn stack_crud_and_every_bad_input_changes_nothing() {
     .await
     .unwrap();
     assert_eq!(
-        code(c.get_stack(pb::GetStackRequest { stack_id: "net".into() }).await),
+        code(
+            c.get_stack(pb::GetStackRequest {
+                stack_id: "net".into()
+            })
+            .await
+        ),
         Code::NotFound
     );
 }
@@ -587,7 +627,11 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
             page_token: token,
         }),
     };
-    let p1 = rc.list_runs(list(2, String::new())).await.unwrap().into_inner();
+    let p1 = rc
+        .list_runs(list(2, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
     let ids: Vec<_> = p1.runs.iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids, vec![r3.id.clone(), r2.id.clone()], "newest first");
     assert!(!p1.next_page_token.is_empty());
@@ -623,22 +667,47 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
         t
     };
     assert_eq!(
-        code(rc.trigger_run(trig(&|t| t.stack_id = "unknown".into())).await),
+        code(
+            rc.trigger_run(trig(&|t| t.stack_id = "unknown".into()))
+                .await
+        ),
         Code::NotFound
     );
-    assert_invalid(rc.trigger_run(trig(&|t| t.stack_id = "BAD ID".into())).await, "stack_id");
-    assert_invalid(rc.trigger_run(trig(&|t| t.commit_sha = "xyz".into())).await, "commit_sha");
+    assert_invalid(
+        rc.trigger_run(trig(&|t| t.stack_id = "BAD ID".into()))
+            .await,
+        "stack_id",
+    );
+    assert_invalid(
+        rc.trigger_run(trig(&|t| t.commit_sha = "xyz".into())).await,
+        "commit_sha",
+    );
     assert_invalid(
         rc.trigger_run(trig(&|t| t.r#type = pb::RunType::DriftDetection as i32))
             .await,
         "type",
     );
     assert_invalid(rc.trigger_run(trig(&|t| t.mode = 42)).await, "mode");
-    assert_invalid(rc.trigger_run(trig(&|t| t.deployment = "Not Slug".into())).await, "deployment");
-    assert_invalid(rc.get_run(pb::GetRunRequest { run_id: "123".into() }).await, "run_id");
+    assert_invalid(
+        rc.trigger_run(trig(&|t| t.deployment = "Not Slug".into()))
+            .await,
+        "deployment",
+    );
+    assert_invalid(
+        rc.get_run(pb::GetRunRequest {
+            run_id: "123".into(),
+        })
+        .await,
+        "run_id",
+    );
     let unknown_run = "0".repeat(32);
     assert_eq!(
-        code(rc.get_run(pb::GetRunRequest { run_id: unknown_run.clone() }).await),
+        code(
+            rc.get_run(pb::GetRunRequest {
+                run_id: unknown_run.clone()
+            })
+            .await
+        ),
         Code::NotFound
     );
     assert_eq!(
@@ -653,15 +722,30 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
     );
     // Illegal transitions: QUEUED cannot be confirmed, discarded, stopped or replanned.
     assert_eq!(
-        code(rc.confirm_run(pb::ConfirmRunRequest { run_id: r1.id.clone() }).await),
+        code(
+            rc.confirm_run(pb::ConfirmRunRequest {
+                run_id: r1.id.clone()
+            })
+            .await
+        ),
         Code::FailedPrecondition
     );
     assert_eq!(
-        code(rc.discard_run(pb::DiscardRunRequest { run_id: r1.id.clone() }).await),
+        code(
+            rc.discard_run(pb::DiscardRunRequest {
+                run_id: r1.id.clone()
+            })
+            .await
+        ),
         Code::FailedPrecondition
     );
     assert_eq!(
-        code(rc.stop_run(pb::StopRunRequest { run_id: r1.id.clone() }).await),
+        code(
+            rc.stop_run(pb::StopRunRequest {
+                run_id: r1.id.clone()
+            })
+            .await
+        ),
         Code::FailedPrecondition
     );
     assert_eq!(
@@ -690,7 +774,12 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
         "run_id",
     );
     assert_eq!(
-        code(rc.cancel_run(pb::CancelRunRequest { run_id: unknown_run }).await),
+        code(
+            rc.cancel_run(pb::CancelRunRequest {
+                run_id: unknown_run
+            })
+            .await
+        ),
         Code::NotFound
     );
     assert_invalid(
@@ -721,7 +810,11 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
         ),
         Code::FailedPrecondition
     );
-    assert_eq!(snapshot(&mut rc).await, before, "a failed call changed a run");
+    assert_eq!(
+        snapshot(&mut rc).await,
+        before,
+        "a failed call changed a run"
+    );
 
     // Reviews are recorded, newest per reviewer.
     let reviewed = rc
@@ -754,7 +847,11 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
             vec![pb::RunState::Queued as i32, pb::RunState::Canceled as i32]
         );
     }
-    let again = rc.cancel_run(pb::CancelRunRequest { run_id: r1.id.clone() }).await;
+    let again = rc
+        .cancel_run(pb::CancelRunRequest {
+            run_id: r1.id.clone(),
+        })
+        .await;
     assert_eq!(code(again), Code::FailedPrecondition);
     sc.delete_stack(pb::DeleteStackRequest {
         stack_id: "app".into(),

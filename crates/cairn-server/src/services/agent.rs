@@ -39,11 +39,7 @@ pub async fn pool_for_token(state: &AppState, token: &str) -> Result<WorkerPool>
 }
 
 /// The lease named in an artifact request, after checking that the token's pool holds it.
-async fn lease_of_pool(
-    state: &AppState,
-    token: &str,
-    lease_id: &str,
-) -> Result<cairn_core::Lease> {
+async fn lease_of_pool(state: &AppState, token: &str, lease_id: &str) -> Result<cairn_core::Lease> {
     let pool = pool_for_token(state, token).await?;
     let denied = || ServerError::PermissionDenied("lease not held by this pool".into());
     if lease_id.is_empty() {
@@ -62,7 +58,10 @@ async fn lease_of_pool(
 }
 
 impl AgentSvc {
-    async fn upload(&self, mut stream: Streaming<apb::UploadWorkspaceRequest>) -> Result<apb::UploadWorkspaceResponse> {
+    async fn upload(
+        &self,
+        mut stream: Streaming<apb::UploadWorkspaceRequest>,
+    ) -> Result<apb::UploadWorkspaceResponse> {
         let first = stream
             .message()
             .await

@@ -63,7 +63,12 @@ impl StackSvc {
             return Ok(());
         }
         validate::slug("stack.worker_pool.id", &stack.worker_pool_id)?;
-        match self.state.store.get_worker_pool(&stack.worker_pool_id).await {
+        match self
+            .state
+            .store
+            .get_worker_pool(&stack.worker_pool_id)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(cairn_store::StoreError::NotFound { .. }) => Err(ServerError::invalid(
                 "stack.worker_pool.id",
@@ -106,17 +111,19 @@ impl StackSvc {
         validate::max_len("note", &r.note, 1024)?;
         let owner = p.login.clone();
         self.state
-            .mutate_stack(&r.stack_id, move |s| match decide_lock(&s.locked_by, &owner) {
-                LockOutcome::Locked => {
-                    s.locked_by = owner.clone();
-                    s.lock_note = r.note.clone();
-                    Ok(())
+            .mutate_stack(&r.stack_id, move |s| {
+                match decide_lock(&s.locked_by, &owner) {
+                    LockOutcome::Locked => {
+                        s.locked_by = owner.clone();
+                        s.lock_note = r.note.clone();
+                        Ok(())
+                    }
+                    LockOutcome::AlreadyHeld => Ok(()),
+                    LockOutcome::HeldByOther(o) => Err(ServerError::precondition(format!(
+                        "stack {} is locked by {o}",
+                        s.id
+                    ))),
                 }
-                LockOutcome::AlreadyHeld => Ok(()),
-                LockOutcome::HeldByOther(o) => Err(ServerError::precondition(format!(
-                    "stack {} is locked by {o}",
-                    s.id
-                ))),
             })
             .await
     }
@@ -246,7 +253,9 @@ impl StackService for StackSvc {
         &self,
         req: Request<pb::GetStackRequest>,
     ) -> Result<Response<pb::GetStackResponse>, Status> {
-        let s = self.existing("stack_id", &req.into_inner().stack_id).await?;
+        let s = self
+            .existing("stack_id", &req.into_inner().stack_id)
+            .await?;
         Ok(Response::new(pb::GetStackResponse {
             stack: stack_reply(&s),
         }))

@@ -273,10 +273,7 @@ impl TestAgent {
         .await
         .unwrap();
         let mut client = server.agent_client();
-        let mut inbound = client
-            .session(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
         let first = inbound.message().await?.expect("registered");
         let worker_id = match first.message {
             Some(apb::session_response::Message::Registered(r)) => r.worker_id,
@@ -404,14 +401,30 @@ impl TestAgent {
         .await;
     }
 
-    pub async fn upload(&mut self, lease: &apb::Lease, data: &[u8]) -> Result<apb::UploadWorkspaceResponse, Status> {
+    pub async fn upload(
+        &mut self,
+        lease: &apb::Lease,
+        data: &[u8],
+    ) -> Result<apb::UploadWorkspaceResponse, Status> {
         let chunks: Vec<apb::UploadWorkspaceRequest> = data
             .chunks(1000)
             .enumerate()
             .map(|(i, c)| apb::UploadWorkspaceRequest {
-                lease_id: if i == 0 { lease.lease_id.clone() } else { String::new() },
-                run_id: if i == 0 { lease.run_id.clone() } else { String::new() },
-                pool_token: if i == 0 { self.token.clone() } else { String::new() },
+                lease_id: if i == 0 {
+                    lease.lease_id.clone()
+                } else {
+                    String::new()
+                },
+                run_id: if i == 0 {
+                    lease.run_id.clone()
+                } else {
+                    String::new()
+                },
+                pool_token: if i == 0 {
+                    self.token.clone()
+                } else {
+                    String::new()
+                },
                 chunk: c.to_vec(),
             })
             .collect();
