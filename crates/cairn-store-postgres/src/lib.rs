@@ -1,1 +1,916 @@
-//! Store on PostgreSQL.
+//! Store on PostgreSQL, for several server replicas sharing one database.
+//!
+//! Compare-and-swap updates are single `UPDATE … WHERE id = $1 AND version = $2` statements: under
+//! READ COMMITTED a concurrent writer of the same row waits for the first to commit and then
+//! re-checks the version against the committed row, so exactly one of them matches. Statements
+//! are prepared once per connection and cached by sqlx.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_core::{
+    ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Role, Run, Stack, Worker,
+    WorkerPool,
+};
+use cairn_store::{Page, PageOut, Result, Store, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Pool size when the caller does not choose one.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+/// Log lines returned when the caller asks for 0, and the most ever returned by one read.
+const LOG_DEFAULT: u32 = 1_000;
+const LOG_MAX: u32 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of
+    /// [`DEFAULT_MAX_CONNECTIONS`] and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        Self::connect_with(parse_url(url)?, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Like [`connect`](Self::connect), but every table lives in `schema` (created if missing;
+    /// `[a-z0-9_]`, at most 63 characters): several independent stores in one database, e.g. one
+    /// per test.
+    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<PostgresStore> {
+        let valid = !schema.is_empty()
+            && schema.len() <= 63
+            && schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !schema.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            return Err(CoreError::invalid("schema", "use [a-z_][a-z0-9_]{0,62}").into());
+        }
+        let opts = parse_url(url)?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(connect_err)?;
+        // The name was validated above, so it can be spliced in (identifiers cannot be bound).
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        )))
+        .execute(&admin)
+        .await
+        .map_err(db)?;
+        admin.close().await;
+        Self::connect_with(
+            opts.options([("search_path", schema)]),
+            DEFAULT_MAX_CONNECTIONS,
+        )
+        .await
+    }
+
+    /// Connects with explicit options and pool size, then migrates.
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<PostgresStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        MIGRATOR.run(&pool).await.map_err(migrate_err)?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Closes all connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn parse_url(url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))
+}
+
+fn connect_err(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(format!("connecting to PostgreSQL: {e}"))
+}
+
+fn migrate_err(e: sqlx::migrate::MigrateError) -> StoreError {
+    StoreError::Backend(format!("migrating the PostgreSQL schema: {e}"))
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn is_unique(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn is_foreign_key(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+}
+
+/// Maps a failed insert: duplicate key → AlreadyExists, missing parent → NotFound.
+fn insert_err(
+    kind: &'static str,
+    id: &str,
+    parent: (&'static str, &str),
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let (id, parent_kind, parent_id) = (id.to_string(), parent.0, parent.1.to_string());
+    move |e| {
+        if is_unique(&e) {
+            StoreError::AlreadyExists { kind, id }
+        } else if is_foreign_key(&e) {
+            StoreError::not_found(parent_kind, parent_id)
+        } else {
+            db(e)
+        }
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encoding: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(kind: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Backend(format!("corrupt {kind} row: {e}")))
+}
+
+/// The serde name of a unit enum variant (what the documents store).
+fn enum_name<T: Serialize>(v: &T) -> Result<String> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        other => Err(StoreError::Backend(format!(
+            "not a unit variant: {other:?}"
+        ))),
+    }
+}
+
+fn enum_parse<T: DeserializeOwned>(kind: &str, s: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| StoreError::Backend(format!("corrupt {kind} row: {e}")))
+}
+
+fn get<'r, T>(row: &'r PgRow, col: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(col).map_err(db)
+}
+
+fn run_from(row: &PgRow) -> Result<Run> {
+    from_json("run", &get::<String>(row, "doc")?)
+}
+
+fn stack_from(row: &PgRow) -> Result<Stack> {
+    from_json("stack", &get::<String>(row, "doc")?)
+}
+
+fn pool_from(row: &PgRow) -> Result<WorkerPool> {
+    Ok(WorkerPool {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        labels: from_json("worker pool", &get::<String>(row, "labels")?)?,
+        token_hash: get(row, "token_hash")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn worker_from(row: &PgRow) -> Result<Worker> {
+    Ok(Worker {
+        id: get(row, "id")?,
+        pool_id: get(row, "pool_id")?,
+        name: get(row, "name")?,
+        labels: from_json("worker", &get::<String>(row, "labels")?)?,
+        max_jobs: get(row, "max_jobs")?,
+        last_heartbeat_at: get(row, "last_heartbeat_at")?,
+        connected: get(row, "connected")?,
+    })
+}
+
+fn lease_from(row: &PgRow) -> Result<Lease> {
+    Ok(Lease {
+        id: get(row, "id")?,
+        run_id: get(row, "run_id")?,
+        stack_id: get(row, "stack_id")?,
+        worker_id: get(row, "worker_id")?,
+        kind: enum_parse("lease", &get::<String>(row, "kind")?)?,
+        created_at: get(row, "created_at")?,
+        heartbeat_at: get(row, "heartbeat_at")?,
+    })
+}
+
+fn api_key_from(row: &PgRow) -> Result<ApiKey> {
+    let role: String = get(row, "role")?;
+    Ok(ApiKey {
+        id: get(row, "id")?,
+        login: get(row, "login")?,
+        name: get(row, "name")?,
+        teams: from_json("api key", &get::<String>(row, "teams")?)?,
+        machine: get(row, "machine")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Backend(format!("corrupt api key row: role {role:?}")))?,
+        created_at: get(row, "created_at")?,
+        revoked: get(row, "revoked")?,
+        secret_hash: get(row, "secret_hash")?,
+    })
+}
+
+fn log_from(row: &PgRow) -> Result<LogLine> {
+    let phase: Option<String> = get(row, "phase")?;
+    Ok(LogLine {
+        seq: get(row, "seq")?,
+        timestamp: get(row, "timestamp")?,
+        phase: phase.map(|p| enum_parse("log", &p)).transpose()?,
+        stream: enum_parse("log", &get::<String>(row, "stream")?)?,
+        message: get(row, "message")?,
+    })
+}
+
+/// Page tokens: stacks page by id, runs by (created_at, id) descending. The `s`/`r` prefix lets
+/// a token from one listing be told apart from the other's.
+fn stack_cursor(page: &Page) -> Result<String> {
+    match &page.token {
+        None => Ok(String::new()),
+        Some(t) => t
+            .strip_prefix("s:")
+            .map(str::to_string)
+            .ok_or_else(bad_token),
+    }
+}
+
+fn run_cursor(page: &Page) -> Result<Option<(i64, String)>> {
+    let Some(t) = &page.token else {
+        return Ok(None);
+    };
+    let rest = t.strip_prefix("r:").ok_or_else(bad_token)?;
+    let (at, id) = rest.split_once(':').ok_or_else(bad_token)?;
+    Ok(Some((at.parse().map_err(|_| bad_token())?, id.to_string())))
+}
+
+fn bad_token() -> StoreError {
+    CoreError::invalid("page_token", "not a token returned by this listing").into()
+}
+
+fn log_limit(limit: u32) -> i64 {
+    i64::from(match limit {
+        0 => LOG_DEFAULT,
+        n => n.min(LOG_MAX),
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_stack(&self, mut stack: Stack, env: Vec<EnvVar>) -> Result<Stack> {
+        stack.version = 1;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("INSERT INTO stacks (id, version, labels, doc) VALUES ($1, $2, $3::jsonb, $4)")
+            .bind(&stack.id)
+            .bind(stack.version)
+            .bind(to_json(&stack.labels)?)
+            .bind(to_json(&stack)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(insert_err("stack", &stack.id, ("stack", "")))?;
+        for v in &env {
+            sqlx::query(
+                "INSERT INTO env_vars (stack_id, name, value, secret) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (stack_id, name) DO UPDATE SET value = excluded.value,
+                 secret = excluded.secret",
+            )
+            .bind(&stack.id)
+            .bind(&v.name)
+            .bind(&v.value)
+            .bind(v.secret)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(stack)
+    }
+
+    async fn get_stack(&self, id: &str) -> Result<Stack> {
+        let row = sqlx::query("SELECT doc FROM stacks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("stack", id))?;
+        stack_from(&row)
+    }
+
+    async fn list_stacks(&self, labels: &[String], page: &Page) -> Result<PageOut<Stack>> {
+        let after = stack_cursor(page)?;
+        let limit = page.limit();
+        // Every wanted label must be among the stack's labels (exact match).
+        let rows = sqlx::query(
+            "SELECT doc FROM stacks
+             WHERE id > $1
+               AND labels @> $2::jsonb
+             ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(to_json(labels)?)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut items = rows.iter().map(stack_from).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|s| format!("s:{}", s.id))
+        } else {
+            None
+        };
+        Ok(PageOut { items, next })
+    }
+
+    async fn all_stacks(&self) -> Result<Vec<Stack>> {
+        sqlx::query("SELECT doc FROM stacks ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(stack_from)
+            .collect()
+    }
+
+    async fn update_stack(&self, mut stack: Stack) -> Result<Stack> {
+        let expected = stack.version;
+        stack.version = expected + 1;
+        let done = sqlx::query(
+            "UPDATE stacks SET version = $1, labels = $2::jsonb, doc = $3 WHERE id = $4 AND version = $5",
+        )
+        .bind(stack.version)
+        .bind(to_json(&stack.labels)?)
+        .bind(to_json(&stack)?)
+        .bind(&stack.id)
+        .bind(expected)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 1 {
+            return Ok(stack);
+        }
+        if self
+            .exists("SELECT 1 FROM stacks WHERE id = $1", &stack.id)
+            .await?
+        {
+            Err(StoreError::Conflict {
+                kind: "stack",
+                id: stack.id,
+                expected,
+            })
+        } else {
+            Err(StoreError::not_found("stack", stack.id))
+        }
+    }
+
+    async fn delete_stack(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Locking the stack row makes a concurrent create_run of this stack wait for us (its
+        // foreign-key check needs a share lock on the row) and then fail, so no run can appear
+        // between the check below and the delete.
+        let found = sqlx::query("SELECT 1 FROM stacks WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if found.is_none() {
+            return Err(StoreError::not_found("stack", id));
+        }
+        let open: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE stack_id = $1 AND NOT terminal ORDER BY created_at LIMIT 5",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !open.is_empty() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "stack {id} has unfinished runs ({}); cancel or finish them first",
+                open.join(", ")
+            ))
+            .into());
+        }
+        // Variables, runs and (through runs) logs go with the stack: ON DELETE CASCADE.
+        sqlx::query("DELETE FROM stacks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn set_env_var(&self, stack_id: &str, var: EnvVar) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO env_vars (stack_id, name, value, secret) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stack_id, name) DO UPDATE SET value = excluded.value,
+             secret = excluded.secret",
+        )
+        .bind(stack_id)
+        .bind(&var.name)
+        .bind(&var.value)
+        .bind(var.secret)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err("env var", &var.name, ("stack", stack_id)))?;
+        Ok(())
+    }
+
+    async fn delete_env_var(&self, stack_id: &str, name: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM env_vars WHERE stack_id = $1 AND name = $2")
+            .bind(stack_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found(
+                "env var",
+                format!("{stack_id}/{name}"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn list_env_vars(&self, stack_id: &str) -> Result<Vec<EnvVar>> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let found = sqlx::query("SELECT 1 FROM stacks WHERE id = $1")
+            .bind(stack_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if found.is_none() {
+            return Err(StoreError::not_found("stack", stack_id));
+        }
+        let rows = sqlx::query(
+            "SELECT name, value, secret FROM env_vars WHERE stack_id = $1 ORDER BY name",
+        )
+        .bind(stack_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(EnvVar {
+                    name: get(r, "name")?,
+                    value: get(r, "value")?,
+                    secret: get(r, "secret")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_run(&self, run: Run) -> Result<Run> {
+        sqlx::query(
+            "INSERT INTO runs (id, stack_id, deployment, run_type, state, terminal, blocking,
+                               prioritized, created_at, version, workflow_id, doc)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&run.id)
+        .bind(&run.stack_id)
+        .bind(&run.deployment)
+        .bind(run.run_type.as_str())
+        .bind(run.state.as_str())
+        .bind(run.state.is_terminal())
+        .bind(run.run_type.is_blocking())
+        .bind(run.prioritized)
+        .bind(run.created_at)
+        .bind(run.version)
+        .bind(&run.workflow_id)
+        .bind(to_json(&run)?)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err("run", &run.id, ("stack", &run.stack_id)))?;
+        Ok(run)
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Run> {
+        let row = sqlx::query("SELECT doc FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("run", id))?;
+        run_from(&row)
+    }
+
+    async fn list_runs(&self, stack_id: &str, page: &Page) -> Result<PageOut<Run>> {
+        let limit = page.limit();
+        let fetch = i64::from(limit) + 1;
+        let rows = match run_cursor(page)? {
+            None => sqlx::query(
+                "SELECT doc FROM runs WHERE stack_id = $1
+                 ORDER BY created_at DESC, id DESC LIMIT $2",
+            )
+            .bind(stack_id)
+            .bind(fetch)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+            Some((at, id)) => sqlx::query(
+                "SELECT doc FROM runs WHERE stack_id = $1 AND (created_at, id) < ($2, $3)
+                 ORDER BY created_at DESC, id DESC LIMIT $4",
+            )
+            .bind(stack_id)
+            .bind(at)
+            .bind(id)
+            .bind(fetch)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+        };
+        let mut items = rows.iter().map(run_from).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|r| format!("r:{}:{}", r.created_at, r.id))
+        } else {
+            None
+        };
+        Ok(PageOut { items, next })
+    }
+
+    async fn update_run(&self, run: &Run, expected_version: i64) -> Result<Run> {
+        let done = sqlx::query(
+            "UPDATE runs SET deployment = $1, run_type = $2, state = $3, terminal = $4,
+                             blocking = $5, prioritized = $6, version = $7, workflow_id = $8,
+                             doc = $9
+             WHERE id = $10 AND version = $11",
+        )
+        .bind(&run.deployment)
+        .bind(run.run_type.as_str())
+        .bind(run.state.as_str())
+        .bind(run.state.is_terminal())
+        .bind(run.run_type.is_blocking())
+        .bind(run.prioritized)
+        .bind(run.version)
+        .bind(&run.workflow_id)
+        .bind(to_json(run)?)
+        .bind(&run.id)
+        .bind(expected_version)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 1 {
+            return Ok(run.clone());
+        }
+        if self
+            .exists("SELECT 1 FROM runs WHERE id = $1", &run.id)
+            .await?
+        {
+            Err(StoreError::Conflict {
+                kind: "run",
+                id: run.id.clone(),
+                expected: expected_version,
+            })
+        } else {
+            Err(StoreError::not_found("run", &run.id))
+        }
+    }
+
+    async fn unfinished_runs(&self, stack_id: &str) -> Result<Vec<Run>> {
+        sqlx::query(
+            "SELECT doc FROM runs WHERE stack_id = $1 AND NOT terminal
+             ORDER BY created_at, id",
+        )
+        .bind(stack_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(run_from)
+        .collect()
+    }
+
+    async fn dispatch_view(&self) -> Result<DispatchView> {
+        // One statement, so the waiting runs and the queue heads come from the same snapshot.
+        let rows = sqlx::query(
+            "SELECT doc, NULL::text AS stack_id, NULL::text AS deployment, NULL::text AS id FROM runs
+             WHERE state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED')
+             UNION ALL
+             SELECT NULL::text, stack_id, deployment, id FROM (
+                 SELECT stack_id, deployment, id,
+                        ROW_NUMBER() OVER (PARTITION BY stack_id, deployment
+                                           ORDER BY created_at, id) AS rn
+                 FROM runs WHERE NOT terminal AND blocking
+             ) AS heads WHERE rn = 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut view = DispatchView::default();
+        for row in &rows {
+            match get::<Option<String>>(row, "doc")? {
+                Some(doc) => view.runs.push(from_json("run", &doc)?),
+                None => {
+                    view.blocking_heads.insert(
+                        (get(row, "stack_id")?, get(row, "deployment")?),
+                        get(row, "id")?,
+                    );
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    async fn workflow_runs(&self, workflow_id: &str) -> Result<Vec<Run>> {
+        sqlx::query("SELECT doc FROM runs WHERE workflow_id = $1 ORDER BY created_at, id")
+            .bind(workflow_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(run_from)
+            .collect()
+    }
+
+    async fn append_logs(&self, run_id: &str, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut seqs = Vec::with_capacity(lines.len());
+        let mut stamps = Vec::with_capacity(lines.len());
+        let mut phases = Vec::with_capacity(lines.len());
+        let mut streams = Vec::with_capacity(lines.len());
+        let mut messages = Vec::with_capacity(lines.len());
+        for l in lines {
+            seqs.push(l.seq);
+            stamps.push(l.timestamp);
+            phases.push(l.phase.as_ref().map(enum_name).transpose()?);
+            streams.push(enum_name(&l.stream)?);
+            messages.push(l.message.as_str());
+        }
+        // One statement for the batch; a line the agent re-sends after a reconnect keeps its
+        // first copy.
+        sqlx::query(
+            "INSERT INTO run_logs (run_id, seq, timestamp, phase, stream, message)
+             SELECT $1, l.seq, l.ts, l.phase, l.stream, l.message
+             FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+                  AS l (seq, ts, phase, stream, message)
+             ON CONFLICT (run_id, seq) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(&seqs)
+        .bind(&stamps)
+        .bind(&phases)
+        .bind(&streams)
+        .bind(&messages)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err("log line", "", ("run", run_id)))?;
+        Ok(())
+    }
+
+    async fn read_logs(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogLine>> {
+        sqlx::query(
+            "SELECT seq, timestamp, phase, stream, message FROM run_logs
+             WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(after_seq)
+        .bind(log_limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(log_from)
+        .collect()
+    }
+
+    async fn last_log_seq(&self, run_id: &str) -> Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn create_worker_pool(&self, pool: WorkerPool) -> Result<WorkerPool> {
+        sqlx::query(
+            "INSERT INTO worker_pools (id, name, labels, token_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&pool.id)
+        .bind(&pool.name)
+        .bind(to_json(&pool.labels)?)
+        .bind(&pool.token_hash)
+        .bind(pool.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err("worker pool", &pool.id, ("worker pool", "")))?;
+        Ok(pool)
+    }
+
+    async fn get_worker_pool(&self, id: &str) -> Result<WorkerPool> {
+        let row = sqlx::query("SELECT * FROM worker_pools WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("worker pool", id))?;
+        pool_from(&row)
+    }
+
+    async fn find_worker_pool_by_token_hash(&self, token_hash: &str) -> Result<WorkerPool> {
+        let row = sqlx::query("SELECT * FROM worker_pools WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            // The hash is a credential: never echo it in an error.
+            .ok_or_else(|| StoreError::not_found("worker pool", "<by token>"))?;
+        pool_from(&row)
+    }
+
+    async fn list_worker_pools(&self) -> Result<Vec<WorkerPool>> {
+        sqlx::query("SELECT * FROM worker_pools ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(pool_from)
+            .collect()
+    }
+
+    async fn upsert_worker(&self, w: Worker) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, pool_id, name, labels, max_jobs, last_heartbeat_at, connected)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET pool_id = excluded.pool_id, name = excluded.name,
+                 labels = excluded.labels, max_jobs = excluded.max_jobs,
+                 last_heartbeat_at = excluded.last_heartbeat_at, connected = excluded.connected",
+        )
+        .bind(&w.id)
+        .bind(&w.pool_id)
+        .bind(&w.name)
+        .bind(to_json(&w.labels)?)
+        .bind(w.max_jobs)
+        .bind(w.last_heartbeat_at)
+        .bind(w.connected)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_workers(&self, pool_id: &str) -> Result<Vec<Worker>> {
+        sqlx::query("SELECT * FROM workers WHERE pool_id = $1 ORDER BY id")
+            .bind(pool_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(worker_from)
+            .collect()
+    }
+
+    async fn create_lease(&self, lease: Lease) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO leases (id, run_id, stack_id, worker_id, kind, created_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&lease.id)
+        .bind(&lease.run_id)
+        .bind(&lease.stack_id)
+        .bind(&lease.worker_id)
+        .bind(enum_name(&lease.kind)?)
+        .bind(lease.created_at)
+        .bind(lease.heartbeat_at)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err("lease", &lease.id, ("lease", "")))?;
+        Ok(())
+    }
+
+    async fn get_lease(&self, id: &str) -> Result<Lease> {
+        let row = sqlx::query("SELECT * FROM leases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("lease", id))?;
+        lease_from(&row)
+    }
+
+    async fn heartbeat_leases(
+        &self,
+        worker_id: &str,
+        lease_ids: &[String],
+        now: Nanos,
+    ) -> Result<()> {
+        if lease_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE leases SET heartbeat_at = $1
+             WHERE worker_id = $2 AND id = ANY($3)",
+        )
+        .bind(now)
+        .bind(worker_id)
+        .bind(lease_ids)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn delete_lease(&self, id: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM leases WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("lease", id));
+        }
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>> {
+        sqlx::query("SELECT * FROM leases ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(lease_from)
+            .collect()
+    }
+
+    async fn create_api_key(&self, key: ApiKey) -> Result<ApiKey> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, login, name, teams, machine, role, created_at, revoked,
+                                   secret_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&key.id)
+        .bind(&key.login)
+        .bind(&key.name)
+        .bind(to_json(&key.teams)?)
+        .bind(key.machine)
+        .bind(key.role.as_str())
+        .bind(key.created_at)
+        .bind(key.revoked)
+        .bind(&key.secret_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err("api key", &key.id, ("api key", "")))?;
+        Ok(key)
+    }
+
+    async fn find_api_key_by_hash(&self, secret_hash: &str) -> Result<ApiKey> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::not_found("api key", "<by secret>"))?;
+        api_key_from(&row)
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
+        sqlx::query("SELECT * FROM api_keys ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(api_key_from)
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE api_keys SET revoked = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("api key", id));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Whether `sql` (selecting by one id) finds a row: tells a lost compare-and-swap from a
+    /// missing row.
+    async fn exists(&self, sql: &'static str, id: &str) -> Result<bool> {
+        Ok(sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .is_some())
+    }
+}

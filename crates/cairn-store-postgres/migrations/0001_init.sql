@@ -1,0 +1,93 @@
+-- Stacks and runs are JSON documents (serde of the cairn-core types, kept as text: the store
+-- never looks inside them) next to the columns that queries filter and sort on. `version` is the
+-- compare-and-swap token.
+CREATE TABLE stacks (
+    id      TEXT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    labels  JSONB NOT NULL,
+    doc     TEXT NOT NULL
+);
+CREATE INDEX stacks_labels ON stacks USING GIN (labels jsonb_path_ops);
+
+CREATE TABLE env_vars (
+    stack_id TEXT NOT NULL REFERENCES stacks (id) ON DELETE CASCADE,
+    name     TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    secret   BOOLEAN NOT NULL,
+    PRIMARY KEY (stack_id, name)
+);
+
+CREATE TABLE runs (
+    id          TEXT PRIMARY KEY,
+    stack_id    TEXT NOT NULL REFERENCES stacks (id) ON DELETE CASCADE,
+    deployment  TEXT NOT NULL,
+    run_type    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    terminal    BOOLEAN NOT NULL,
+    blocking    BOOLEAN NOT NULL,
+    prioritized BOOLEAN NOT NULL,
+    created_at  BIGINT NOT NULL,
+    version     BIGINT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+-- A stack's runs, newest first (list_runs), and the stack's foreign key.
+CREATE INDEX runs_by_stack ON runs (stack_id, created_at DESC, id DESC);
+-- Unfinished runs per stack and deployment, oldest first: unfinished_runs, delete_stack's check
+-- and the blocking-queue heads of dispatch_view. Partial, so finished history costs nothing.
+CREATE INDEX runs_open ON runs (stack_id, deployment, created_at, id) WHERE NOT terminal;
+CREATE INDEX runs_dispatchable ON runs (state)
+    WHERE state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED');
+CREATE INDEX runs_by_workflow ON runs (workflow_id);
+
+CREATE TABLE run_logs (
+    run_id    TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq       BIGINT NOT NULL,
+    timestamp BIGINT NOT NULL,
+    phase     TEXT,
+    stream    TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+
+CREATE TABLE worker_pools (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    labels     TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE workers (
+    id                TEXT PRIMARY KEY,
+    pool_id           TEXT NOT NULL,
+    name              TEXT NOT NULL,
+    labels            TEXT NOT NULL,
+    max_jobs          INTEGER NOT NULL,
+    last_heartbeat_at BIGINT NOT NULL,
+    connected         BOOLEAN NOT NULL
+);
+CREATE INDEX workers_by_pool ON workers (pool_id);
+
+CREATE TABLE leases (
+    id           TEXT PRIMARY KEY,
+    run_id       TEXT NOT NULL,
+    stack_id     TEXT NOT NULL,
+    worker_id    TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);
+CREATE INDEX leases_by_worker ON leases (worker_id);
+
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    login       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    teams       TEXT NOT NULL,
+    machine     BOOLEAN NOT NULL,
+    role        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    revoked     BOOLEAN NOT NULL,
+    secret_hash TEXT NOT NULL UNIQUE
+);
