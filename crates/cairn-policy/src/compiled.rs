@@ -196,6 +196,7 @@ impl CompiledPolicy {
             });
         }
         source::check_undefined_functions(&toks, &info.functions, &info.import_aliases)?;
+        source::check_function_recursion(&toks, &module, &info.package)?;
         engine.set_execution_timer_config(timer(options.timeout));
         prepare(&mut engine)?;
         Ok(Self {

@@ -166,6 +166,87 @@ pub(crate) fn check_undefined_functions(
     Ok(())
 }
 
+/// Refuses functions that call themselves, directly or through other functions. OPA rejects
+/// recursion at compile time; regorus detects recursive *rules* while evaluating but recurses
+/// through functions until the stack overflows, which would abort the whole process.
+pub(crate) fn check_function_recursion(
+    toks: &[Tok],
+    module: &regorus::unstable::Module,
+    package: &str,
+) -> Result<()> {
+    use regorus::unstable::{Rule, RuleHead};
+    use std::collections::BTreeMap;
+
+    // name -> (position of the head, functions called in the bodies)
+    let mut graph: BTreeMap<String, ((u32, u32), BTreeSet<String>)> = BTreeMap::new();
+    let mut spans = Vec::new();
+    for rule in &module.policy {
+        if let Rule::Spec {
+            span,
+            head: RuleHead::Func { refr, .. },
+            ..
+        } = rule.as_ref()
+        {
+            if let Ok(name) = regorus::utils::get_path_string(refr, None) {
+                graph.entry(name.clone()).or_default().0 = (span.line, span.col);
+                spans.push((name, span.start as usize, span.end as usize));
+            }
+        }
+    }
+    let prefix = format!("{package}.");
+    let all = paths(toks);
+    for (name, start, end) in &spans {
+        let calls: BTreeSet<String> = all
+            .iter()
+            .filter(|p| toks[p.first].start > *start && toks[p.first].start < *end)
+            .filter(|p| is_call(toks, p))
+            .map(|p| p.name.strip_prefix(&prefix).unwrap_or(&p.name).to_string())
+            .filter(|callee| graph.contains_key(callee))
+            .collect();
+        if let Some(entry) = graph.get_mut(name) {
+            entry.1.extend(calls);
+        }
+    }
+
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, ((u32, u32), BTreeSet<String>)>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = stack.iter().position(|n| n == node) {
+            let mut cycle = stack[at..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        stack.push(node.to_string());
+        for callee in graph.get(node).map(|e| &e.1).into_iter().flatten() {
+            if let Some(cycle) = visit(callee, graph, stack, done) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        done.insert(node.to_string());
+        None
+    }
+
+    let mut done = BTreeSet::new();
+    for name in graph.keys() {
+        if let Some(cycle) = visit(name, &graph, &mut Vec::new(), &mut done) {
+            let (line, column) = graph.get(&cycle[0]).map(|e| e.0).unwrap_or((0, 0));
+            return Err(PolicyError::Compile {
+                line,
+                column,
+                message: format!("recursive function: {}", cycle.join(" -> ")),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Finds the index of the bracket closing the one at `open`, and the indices of the commas
 /// directly inside it.
 fn matching_close(toks: &[Tok], open: usize) -> Option<(usize, Vec<usize>)> {
@@ -283,12 +364,15 @@ pub(crate) fn rewrite_short_with_targets(
 }
 
 /// Rego v1 when the module uses the v1-only keywords without importing them; v0 otherwise.
-/// Both are tried (preferred first), because a v0 policy never needs `if`/`contains` and a v1
-/// one almost always does.
+/// A module importing `future.keywords` is a v0 module: there `deny[msg] if { ... }` is a
+/// partial set, whereas in v1 the same text is an object rule. Both syntaxes are tried
+/// (preferred first), because a v0 policy never needs bare `if`/`contains`.
 pub(crate) fn prefers_v1(toks: &[Tok]) -> bool {
-    paths(toks)
-        .iter()
-        .any(|p| p.name == "if" || p.name == "contains")
+    let all = paths(toks);
+    let imports_future = all.iter().any(|p| {
+        p.first > 0 && toks[p.first - 1].is_ident("import") && p.name.starts_with("future.keywords")
+    });
+    !imports_future && all.iter().any(|p| p.name == "if" || p.name == "contains")
 }
 
 /// Adds a module to `engine`, in the syntax [`prefers_v1`] suggests, falling back to the other.
@@ -432,5 +516,8 @@ mod tests {
     fn syntax_preference_follows_v1_keywords() {
         assert!(prefers_v1(&toks("deny contains \"x\" if { true }")));
         assert!(!prefers_v1(&toks("deny[\"x\"] { input.if.contains }")));
+        assert!(!prefers_v1(&toks(
+            "import future.keywords.if\ndeny[\"x\"] if { true }"
+        )));
     }
 }

@@ -203,6 +203,10 @@ pub fn run_tests_with(dir: &Path, options: PolicyOptions) -> Result<TestReport> 
         )
         .map_err(|e| in_file(&l.path, e))?;
         source::add_module(&mut engine, &l.label, &body, &toks).map_err(|e| in_file(&l.path, e))?;
+        if let Some(module) = engine.get_modules().last().cloned() {
+            source::check_function_recursion(&toks, &module, package)
+                .map_err(|e| in_file(&l.path, e))?;
+        }
         for rule in l.info.rules.iter().filter(|r| r.starts_with("test_")) {
             if !tests.iter().any(|(p, n, _)| p == package && n == rule) {
                 tests.push((package.clone(), rule.clone(), l.path.clone()));
