@@ -577,7 +577,7 @@ fn phase_span(
 ) -> tracing::Span {
     let span = tracing::info_span!(
         "run.phase",
-        otel.name = %format!("run {}", convert::phase(phase).as_str_name()),
+        run.phase = convert::phase(phase).as_str_name(),
         run.id = %run_id,
         stack.id = %stack_id,
         run.state = %run_state,
