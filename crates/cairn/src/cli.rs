@@ -52,7 +52,12 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    // DAEMON-VARIANTS
+    /// Run the control plane (gRPC API, scheduler, webhooks)
+    Server(ServerArgs),
+    /// Run a worker that dials the control plane (--server) and executes runs
+    Agent(AgentArgs),
+    /// Run server and agent in one process on SQLite in ./.cairn (Ctrl-C stops)
+    Dev(DevArgs),
     /// Save a server URL and API key as a profile
     Login(LoginArgs),
     /// Show who the current API key belongs to
@@ -119,6 +124,9 @@ pub struct AgentArgs {
     /// Runs this worker executes at once
     #[arg(long, value_name = "N")]
     pub max_jobs: Option<u32>,
+    /// Worker labels (repeatable)
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
     /// OTLP/gRPC collector, e.g. http://127.0.0.1:4317
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -452,7 +460,10 @@ impl Command {
     /// Whether the verb talks to a server through the client connection (server/agent/dev run
     /// one instead; completions need nothing).
     pub fn is_client_verb(&self) -> bool {
-        !matches!(self, Command::Completions { .. })
+        !matches!(
+            self,
+            Command::Server(_) | Command::Agent(_) | Command::Dev(_) | Command::Completions { .. }
+        )
     }
 }
 
@@ -545,7 +556,38 @@ mod tests {
         assert!(parse(&["workerpool", "workers", "default"]).is_ok());
     }
 
-    // DAEMON-TEST
+    #[test]
+    fn daemon_flags() {
+        let cli = parse(&[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://x",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Server(a) => {
+                assert_eq!(a.listen.unwrap().port(), 0);
+                assert_eq!(a.database_url.as_deref(), Some("postgres://x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["agent", "--server", "http://h:1", "--token-file", "t"]).unwrap();
+        match cli.command {
+            Command::Agent(a) => {
+                assert_eq!(cli.global.server.as_deref(), Some("http://h:1"));
+                assert_eq!(a.token_file.as_deref(), Some(std::path::Path::new("t")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["dev"]).is_ok());
+        assert!(parse(&["completions", "zsh"]).is_ok());
+        assert!(parse(&["completions", "tcsh"]).is_err());
+    }
+
     #[test]
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();

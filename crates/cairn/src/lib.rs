@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod daemon;
 pub mod error;
 pub mod json;
 pub mod output;
@@ -52,6 +53,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 _ => Ok(()),
             }
         }
+        Command::Server(args) => daemon::server(args).await,
+        Command::Agent(args) => daemon::agent(args, global.server).await,
+        Command::Dev(args) => daemon::dev(args).await,
         command => {
             let flags = ConnectionFlags {
                 profile: global.profile.clone(),

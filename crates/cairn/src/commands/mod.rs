@@ -19,7 +19,11 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Run(c) => run::run(ctx, c).await,
         Command::Policy(c) => policy::run(ctx, c).await,
         Command::WorkerPool(c) => pool::run(ctx, c).await,
-        Command::Login(_) | Command::Completions { .. } => Err(CliError::Other(
+        Command::Login(_)
+        | Command::Server(_)
+        | Command::Agent(_)
+        | Command::Dev(_)
+        | Command::Completions { .. } => Err(CliError::Other(
             "internal: this verb is not a client verb".into(),
         )),
     }

@@ -457,9 +457,40 @@ fn outcome(r: &pb::Run, attention_ok: bool) -> Result<(), CliError> {
             state: if r.error.is_empty() {
                 run_state_name(s).to_string()
             } else {
-                format!("{}: {}", run_state_name(s), r.error)
+                format!(
+                    "{}: {} (full log: `cairn run logs {}`)",
+                    run_state_name(s),
+                    summarize_error(&r.error),
+                    r.id
+                )
             },
         })
+    }
+}
+
+/// Vendor errors span many lines; the CLI promises one. Keep the first line (Cairn's own
+/// context, e.g. "planning failed: …") and the vendor's first `Error:` line, which names the
+/// cause, each cut to a readable length.
+pub fn summarize_error(error: &str) -> String {
+    let cut = |s: &str| {
+        let s = s.trim().trim_start_matches(['│', '╷', '╵']).trim();
+        if s.chars().count() > 160 {
+            format!("{}…", s.chars().take(159).collect::<String>())
+        } else {
+            s.to_string()
+        }
+    };
+    let mut lines = error.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().map(cut).unwrap_or_default();
+    let cause = error
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().trim_start_matches('│').trim())
+        .find(|l| l.starts_with("Error:") || l.starts_with("error:"))
+        .map(cut);
+    match cause {
+        Some(c) if !first.contains(&c) => format!("{first} … {c}"),
+        _ => first,
     }
 }
 
@@ -770,6 +801,21 @@ mod tests {
         );
         assert!(text.contains("QUEUED  2m ago"), "{text}");
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn multi_line_errors_become_one_line() {
+        let e = "planning failed: There are some problems with the CLI configuration:\n╷\n│ Warning: x\n╵\n\nError: Failed to query available provider packages\n\nmore";
+        assert_eq!(
+            summarize_error(e),
+            "planning failed: There are some problems with the CLI configuration: … Error: Failed to query available provider packages"
+        );
+        assert_eq!(
+            summarize_error("worker lost: lease expired"),
+            "worker lost: lease expired"
+        );
+        assert!(!summarize_error(&"x".repeat(500)).contains('\n'));
+        assert_eq!(summarize_error(&"x".repeat(500)).chars().count(), 160);
     }
 
     #[test]

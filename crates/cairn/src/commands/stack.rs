@@ -81,10 +81,14 @@ pub async fn run(ctx: &Ctx, cmd: StackCmd) -> Result<(), CliError> {
             print_stack_or(ctx, &s, || {
                 let c = s.tracked_commit.clone().unwrap_or_default();
                 println!(
-                    "Stack {} now tracks {} {}",
-                    s.id,
-                    short(&c.hash, 12),
-                    first_line(&c.message)
+                    "{}",
+                    format!(
+                        "Stack {} now tracks {} {}",
+                        s.id,
+                        short(&c.hash, 12),
+                        first_line(&c.message)
+                    )
+                    .trim_end()
                 )
             });
             Ok(())
