@@ -55,7 +55,7 @@ impl ServerBuilder {
 }
 
 /// Opens the store `config.database_url` names: empty → SQLite at `<data_dir>/cairn.db`,
-/// `sqlite:<path>` → that SQLite file.
+/// `sqlite:<path>` → that SQLite file, `postgres://…` → PostgreSQL (several replicas).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     let url = config.database_url.trim();
     let sqlite_path = if url.is_empty() {
@@ -65,17 +65,23 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
             .or_else(|| url.strip_prefix("sqlite:"))
             .map(std::path::PathBuf::from)
     };
-    match sqlite_path {
-        Some(path) => {
-            let store = cairn_store_sqlite::SqliteStore::open(&path)
-                .await
-                .map_err(ServerError::from)?;
-            Ok(Arc::new(store))
-        }
-        None => Err(ServerError::Config(format!(
-            "database_url: unsupported scheme in {url:?} (use sqlite:<path>)"
-        ))),
+    if let Some(path) = sqlite_path {
+        let store = cairn_store_sqlite::SqliteStore::open(&path)
+            .await
+            .map_err(ServerError::from)?;
+        return Ok(Arc::new(store));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = cairn_store_postgres::PostgresStore::connect(url)
+            .await
+            .map_err(ServerError::from)?;
+        return Ok(Arc::new(store));
+    }
+    // The URL may carry a password: name only its scheme.
+    let scheme = url.split(':').next().unwrap_or_default();
+    Err(ServerError::Config(format!(
+        "database_url: unsupported scheme {scheme:?} (use sqlite:<path> or postgres://…)"
+    )))
 }
 
 /// First start: an admin key written to `<data_dir>/admin.key` when no key exists at all, and

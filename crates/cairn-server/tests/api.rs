@@ -861,3 +861,18 @@ async fn run_rpcs_and_every_bad_input_changes_nothing() {
 }
 
 type RunServiceClientA = cairn_proto::v1::run_service_client::RunServiceClient<Authed>;
+
+#[tokio::test]
+async fn unknown_database_schemes_are_refused_without_echoing_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), std::time::Duration::from_secs(30));
+    cfg.database_url = "mysql://root:hunter2@db/cairn".into();
+    let err = cairn_server::open_store(&cfg).await.err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("mysql"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+    // `sqlite:<path>` opens that file.
+    cfg.database_url = format!("sqlite:{}", dir.path().join("other.db").display());
+    cairn_server::open_store(&cfg).await.unwrap();
+    assert!(dir.path().join("other.db").exists());
+}

@@ -60,11 +60,20 @@ impl TestServer {
     }
 
     pub async fn start_with(lease_timeout: Duration) -> TestServer {
+        Self::start_on(lease_timeout, None).await
+    }
+
+    /// A server on `store` (SQLite under the temporary data directory when `None`).
+    pub async fn start_on(
+        lease_timeout: Duration,
+        store: Option<std::sync::Arc<dyn cairn_store::Store>>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let server = Server::builder(config(dir.path(), lease_timeout))
-            .build()
-            .await
-            .unwrap();
+        let mut builder = Server::builder(config(dir.path(), lease_timeout));
+        if let Some(store) = store {
+            builder = builder.store(store);
+        }
+        let server = builder.build().await.unwrap();
         let listener = server.bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
