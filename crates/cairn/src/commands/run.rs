@@ -630,7 +630,8 @@ async fn logs(ctx: &Ctx, run: &str, follow_it: bool) -> Result<(), CliError> {
         false
     })
     .await?;
-    if !ctx.json() {
+    // Any other end state is reported by the error line (and exit code) instead.
+    if !ctx.json() && last.state() == pb::RunState::Finished {
         eprintln!(
             "{} {}",
             paint("run", Color::Dim, output_color_stderr()),
