@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// Control plane address used when none is configured.
-pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7420";
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7400";
 
 /// How the agent connects, what it advertises and where it works.
 ///

@@ -21,6 +21,8 @@ use crate::{Config, Error, Result};
 
 /// Used when the control plane does not say how often to heartbeat.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long the control plane may take to close the stream after the agent closed its half.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the control plane may take to answer Register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -318,6 +320,13 @@ impl Agent {
                     .is_empty()
                 && events_rx.is_empty()
             {
+                // Closing our half and waiting for the control plane to close its half means it
+                // has read every event sent, the jobs' last words included.
+                drop(tx);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                })
+                .await;
                 return Ok(SessionEnd::Drained);
             }
             let deadline = async {

@@ -391,3 +391,61 @@ async fn a_rejected_pool_token_ends_run_with_an_error() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_stops_running_jobs_and_reports_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let agent = Agent::spawn(config(&plane, &tmp.path().join("work")));
+
+    let mut plan = lease("long-1", "run-l", JobKind::Plan, &repo, &sha);
+    plan.env.insert("TESTECHO_SLEEP".into(), "600".into());
+    plan.env.insert(
+        "TESTECHO_PIDFILE".into(),
+        tmp.path().join("pid").to_string_lossy().into_owned(),
+    );
+    plane.send_lease(plan).await;
+    plane
+        .wait_event("long-1", "the vendor process", |e| match e {
+            job_event::Event::Log(l) if l.message == "vendor sleeping" => Some(()),
+            _ => None,
+        })
+        .await;
+    agent.shutdown().await;
+    // The session is closed only once the control plane has read the job's last event.
+    let reason = plane
+        .events("long-1")
+        .into_iter()
+        .find_map(|e| match e {
+            job_event::Event::Failed(f) => Some(f.reason),
+            _ => None,
+        })
+        .expect("failure reported before run returned");
+    assert_eq!(reason, "the agent shut down while the job was running");
+}
+
+#[tokio::test]
+async fn skip_flags_reach_the_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let agent = Agent::spawn(config(&plane, &tmp.path().join("work")));
+
+    let mut plan = lease("skip-plan", "run-s1", JobKind::Plan, &repo, &sha);
+    plan.skip_planning = true;
+    plane.send_lease(plan).await;
+    assert!(matches!(
+        plane.wait_end("skip-plan", JobKind::Plan).await,
+        job_event::Event::PlanResult(r) if r.success && r.skipped
+    ));
+
+    let mut both = lease("skip-apply", "run-s2", JobKind::PlanAndApply, &repo, &sha);
+    both.skip_applying = true;
+    plane.send_lease(both).await;
+    assert!(matches!(
+        plane.wait_end("skip-apply", JobKind::PlanAndApply).await,
+        job_event::Event::ApplyResult(r) if r.success && r.skipped
+    ));
+    agent.shutdown().await;
+}

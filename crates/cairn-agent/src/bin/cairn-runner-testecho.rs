@@ -8,6 +8,8 @@
 //! - `TESTECHO_SLEEP=<secs>`: plan runs `sleep` as its vendor process, writing the process id
 //!   to `$TESTECHO_PIDFILE` first (for cancellation tests);
 //! - `TESTECHO_CRASH=plan|apply`: exit abruptly in that call.
+//!
+//! Planning also logs the `traceparent` it received in the request metadata.
 
 use std::path::{Path, PathBuf};
 
@@ -64,12 +66,21 @@ fn delta(n: usize) -> Delta {
     }
 }
 
-async fn plan(sink: &EventSink<PlanResponse>, req: PlanRequest) -> Result<PlanResult, String> {
+async fn plan(
+    sink: &EventSink<PlanResponse>,
+    req: PlanRequest,
+    traceparent: Option<String>,
+) -> Result<PlanResult, String> {
     let ws = req.workspace.unwrap_or_default();
     let dir = project_dir(&ws);
     sink.phase(Phase::Initializing)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(traceparent) = traceparent {
+        sink.system(&format!("traceparent {traceparent}"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     sink.system(&format!("testecho initializing in {}", dir.display()))
         .await
         .map_err(|e| e.to_string())?;
@@ -201,15 +212,22 @@ impl RunnerService for TestEcho {
         &self,
         request: Request<PlanRequest>,
     ) -> Result<Response<Self::PlanStream>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let req = request.into_inner();
         let ws = req.workspace.clone().unwrap_or_default();
         let (sink, stream) = event_stream::<PlanResponse>(redactor(&ws));
         tokio::spawn(async move {
-            let result = plan(&sink, req).await.unwrap_or_else(|error| PlanResult {
-                success: false,
-                error,
-                ..PlanResult::default()
-            });
+            let result = plan(&sink, req, traceparent)
+                .await
+                .unwrap_or_else(|error| PlanResult {
+                    success: false,
+                    error,
+                    ..PlanResult::default()
+                });
             let _ = sink
                 .send(PlanResponse {
                     event: Some(plan_response::Event::Result(result)),
