@@ -4,6 +4,9 @@ use clap::Parser;
 
 fn main() {
     let cli = cairn::cli::Cli::parse();
+    if cli.command.is_client_verb() {
+        quiet_broken_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,4 +24,23 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(e.exit_code());
     }
+}
+
+/// `cairn run list | head` closes stdout early; `println!` then panics with EPIPE. For the client
+/// verbs that is a normal end, as it is for any Unix filter: exit quietly instead of printing a
+/// panic. Daemons keep the default hook, where such a panic would be a real bug.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
