@@ -528,8 +528,13 @@ async fn follow(
                 Some(pb::watch_run_response::Event::Run(r)) => {
                     last = r;
                     progressed = true;
-                    if on_event(Event::Run(&last)) || is_terminal_state(last.state()) {
+                    if on_event(Event::Run(&last)) {
                         return Ok(last);
+                    }
+                    if is_terminal_state(last.state()) {
+                        // The server sends a run before its log lines when catching up, so
+                        // lines may still be due: collect them below rather than lose them.
+                        break;
                     }
                 }
                 Some(pb::watch_run_response::Event::Log(l)) => {
@@ -542,8 +547,11 @@ async fn follow(
                 None => {}
             }
         }
-        // The stream ended: the server closes it when the run ends, so look before resuming.
-        last = get(api, &last.id).await?;
+        // The stream ended (the server closes it when the run ends) or the run reached a
+        // terminal state: look before resuming.
+        if !is_terminal_state(last.state()) {
+            last = get(api, &last.id).await?;
+        }
         if is_terminal_state(last.state()) || on_event(Event::Run(&last)) {
             // Drain log lines written between our last event and the end.
             let rest = fetch_logs(api, &last.id, after_seq).await?;
