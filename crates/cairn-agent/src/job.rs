@@ -540,7 +540,7 @@ impl Job {
                 handshake_timeout: self.shared.config.handshake_timeout,
                 on_stderr: Arc::new(move |line| {
                     let line = redactor.redact(line);
-                    tracing::debug!(target: "cairn_agent::plugin", "{line}");
+                    tracing::info!(target: "cairn_agent::plugin", "{line}");
                     let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                     if tail.len() == PLUGIN_STDERR_TAIL {
                         tail.pop_front();
