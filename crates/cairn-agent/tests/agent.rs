@@ -449,3 +449,44 @@ async fn skip_flags_reach_the_plugin() {
     ));
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn runs_max_jobs_at_once_and_refuses_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let agent = Agent::spawn(config(&plane, &tmp.path().join("work")));
+
+    for id in ["busy-1", "busy-2"] {
+        let mut plan = lease(id, &format!("run-{id}"), JobKind::Plan, &repo, &sha);
+        plan.env.insert("TESTECHO_SLEEP".into(), "600".into());
+        plan.env.insert(
+            "TESTECHO_PIDFILE".into(),
+            tmp.path().join(id).to_string_lossy().into_owned(),
+        );
+        plane.send_lease(plan).await;
+    }
+    // Both vendors are running at the same time.
+    for id in ["busy-1", "busy-2"] {
+        plane
+            .wait_event(id, "the vendor process", |e| match e {
+                job_event::Event::Log(l) if l.message == "vendor sleeping" => Some(()),
+                _ => None,
+            })
+            .await;
+    }
+    plane
+        .send_lease(lease("third", "run-third", JobKind::Plan, &repo, &sha))
+        .await;
+    let reason = plane.wait_failed("third").await;
+    assert_eq!(reason, "the agent already runs its maximum of 2 jobs");
+
+    for id in ["busy-1", "busy-2"] {
+        plane.cancel(id).await;
+        assert!(matches!(
+            plane.wait_end(id, JobKind::Plan).await,
+            job_event::Event::Stopped(_)
+        ));
+    }
+    agent.shutdown().await;
+}
