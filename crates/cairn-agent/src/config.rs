@@ -30,7 +30,8 @@ pub struct Config {
     pub max_jobs: u32,
     /// Directories searched, in order, for `cairn-runner-<vendor>` plugins.
     pub plugin_path: Vec<PathBuf>,
-    /// Repository caches (`repos/`) and per-job work trees (`jobs/`).
+    /// Repository caches (`repos/`) and per-job work trees (`jobs/`, emptied when the agent
+    /// starts). One per agent process: two agents must not share it.
     pub work_dir: PathBuf,
     /// How long a plugin may take to print its handshake line.
     #[serde(with = "duration")]

@@ -40,6 +40,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let token = config.validate()?;
     let jobs_dir = config.work_dir.join("jobs");
     let repos_dir = config.work_dir.join("repos");
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| Error::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    let _work_dir_lock = lock_work_dir(&config.work_dir)?;
+    // Work trees left by an agent that died hold plan files and sometimes secrets; no job of
+    // this process can be using them yet. (One work_dir per agent process.)
+    match std::fs::remove_dir_all(&jobs_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::WorkDir {
+                path: jobs_dir,
+                source,
+            })
+        }
+    }
     for dir in [&jobs_dir, &repos_dir] {
         std::fs::create_dir_all(dir).map_err(|source| Error::WorkDir {
             path: dir.clone(),
@@ -75,6 +92,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         () = shutdown => stop.cancel(),
     }
     main.await
+}
+
+/// Holds an exclusive lock on `<work_dir>/.lock` for as long as the agent runs.
+fn lock_work_dir(work_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = work_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::WorkDir {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                Error::Config(format!(
+                    "work_dir {} is in use by another agent; give each agent its own",
+                    work_dir.display()
+                ))
+            } else {
+                Error::WorkDir {
+                    path,
+                    source: std::io::Error::from(errno),
+                }
+            }
+        },
+    )
 }
 
 struct Agent {

@@ -490,3 +490,21 @@ async fn runs_max_jobs_at_once_and_refuses_more() {
     }
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_agents_cannot_share_a_work_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(None).await;
+    let work = tmp.path().join("work");
+    let first = Agent::spawn(config(&plane, &work));
+    wait_until("first registration", || async {
+        (plane.registrations() == 1).then_some(())
+    })
+    .await;
+    let second = cairn_agent::run(config(&plane, &work), std::future::pending()).await;
+    assert!(
+        matches!(second, Err(cairn_agent::Error::Config(ref m)) if m.contains("in use by another agent")),
+        "{second:?}"
+    );
+    first.shutdown().await;
+}
