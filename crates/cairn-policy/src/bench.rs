@@ -163,3 +163,18 @@ pub fn trigger_policy_over_stacks(stacks: usize, iterations: usize) -> Result<Tr
         mean: total / iterations as u32,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmark_checks_its_own_result() {
+        let report = trigger_policy_over_stacks(200, 3).expect("bench");
+        // Every tenth stack (10, 20, ..., 190) depends on stack-0.
+        assert_eq!(report.triggered, 19);
+        assert_eq!(report.iterations, 3);
+        assert!(report.min <= report.median && report.median <= report.max);
+        assert!(report.render().contains("200 stacks"));
+    }
+}
