@@ -2,7 +2,8 @@
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
 /// The encoded FileDescriptorSet of all Cairn protos, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
 
 pub mod v1 {
     tonic::include_proto!("cairn.v1");
