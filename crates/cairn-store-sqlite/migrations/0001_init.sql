@@ -33,10 +33,9 @@ CREATE TABLE runs (
 -- A stack's runs, newest first (list_runs), and the stack's foreign key.
 CREATE INDEX runs_by_stack ON runs (stack_id, created_at DESC, id DESC);
 -- Unfinished runs per stack and deployment, oldest first: unfinished_runs, delete_stack's check
--- and the blocking-queue heads of dispatch_view. Partial, so finished history costs nothing.
+-- and dispatch_view (waiting runs are unfinished ones). Partial, so finished history costs
+-- nothing. No index mentions `state`, so most state changes leave every index untouched.
 CREATE INDEX runs_open ON runs (stack_id, deployment, created_at, id) WHERE terminal = 0;
-CREATE INDEX runs_dispatchable ON runs (state)
-    WHERE state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED');
 CREATE INDEX runs_by_workflow ON runs (workflow_id);
 
 CREATE TABLE run_logs (
