@@ -61,6 +61,40 @@ pub fn parse(provider: Provider, event: &str, body: &[u8]) -> Result<VcsEvent> {
     }
 }
 
+/// The fuzzing entry point (and the format of `fuzz/corpus/webhook_parse/*`): a first line
+/// naming the provider (`gitlab`, anything else meaning GitHub), a second line with the event
+/// header's value, then the raw body. On success the event also goes through the pure
+/// functions a server calls next (affected files from the payload, push-policy documents), so
+/// that fuzzing covers them too. Never panics.
+pub fn parse_framed(data: &[u8]) -> Result<VcsEvent> {
+    let mut parts = data.splitn(3, |b| *b == b'\n');
+    let provider_line = parts.next().unwrap_or_default();
+    let event_line = parts.next().unwrap_or_default();
+    let body = parts.next().unwrap_or_default();
+    let provider = if provider_line.trim_ascii() == b"gitlab" {
+        Provider::GitLab
+    } else {
+        Provider::GitHub
+    };
+    let event = parse(provider, &String::from_utf8_lossy(event_line), body)?;
+    match &event {
+        VcsEvent::Push(p) => {
+            let files = p.payload_files().unwrap_or_default();
+            let _ = PushPolicyDocs::for_push(p, files);
+        }
+        VcsEvent::PullRequest(p) => {
+            let _ = PushPolicyDocs::for_pull_request(p, &PrFacts::default());
+        }
+        VcsEvent::PullRequestComment(c) => {
+            if let Some(pr) = &c.pull_request {
+                let _ = PushPolicyDocs::for_comment(c, pr, &PrFacts::default());
+            }
+        }
+        VcsEvent::Ping(_) | VcsEvent::Ignored(_) => {}
+    }
+    Ok(event)
+}
+
 /// Rejects bodies over `limit` bytes (for callers that buffer before checking).
 pub fn check_body_size(body: &[u8], limit: usize) -> Result<()> {
     if body.len() > limit {
