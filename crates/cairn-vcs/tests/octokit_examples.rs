@@ -96,6 +96,10 @@ fn every_example_verifies_and_parses() {
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         let parsed = hook.parse(&body).unwrap_or_else(|e| panic!("{what}: {e}"));
         *counts.entry(event.clone()).or_default() += 1;
+        // Events are stored as JSON by the server (e.g. the last state of a pull request).
+        let stored = serde_json::to_string(&parsed).expect("serialize event");
+        let back: VcsEvent = serde_json::from_str(&stored).expect("deserialize event");
+        assert_eq!(back, parsed, "{what}: JSON round trip");
 
         match (event.as_str(), &parsed) {
             ("ping", VcsEvent::Ping(p)) => {
