@@ -16,7 +16,9 @@ use cairn_core::{
     ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Role, Run, Stack, Worker,
     WorkerPool,
 };
-use cairn_store::{Page, PageOut, Result, Store, StoreError};
+use cairn_store::{
+    Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::sqlite::{
@@ -24,6 +26,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::Row;
+
+mod policy;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -883,6 +887,74 @@ impl Store for SqliteStore {
             return Err(StoreError::not_found("api key", id));
         }
         Ok(())
+    }
+
+    async fn create_policy(&self, policy: PolicyRecord) -> Result<PolicyRecord> {
+        self.policy_create(policy).await
+    }
+
+    async fn get_policy(&self, id: &str) -> Result<PolicyRecord> {
+        self.policy_get(id).await
+    }
+
+    async fn list_policies(
+        &self,
+        kind: Option<&str>,
+        page: &Page,
+    ) -> Result<PageOut<PolicyRecord>> {
+        self.policy_list(kind, page).await
+    }
+
+    async fn all_policies(&self) -> Result<Vec<PolicyRecord>> {
+        self.policy_all().await
+    }
+
+    async fn update_policy(&self, policy: PolicyRecord) -> Result<PolicyRecord> {
+        self.policy_update(policy).await
+    }
+
+    async fn delete_policy(&self, id: &str) -> Result<()> {
+        self.policy_delete(id).await
+    }
+
+    async fn attach_policy(&self, policy_id: &str, stack_id: &str) -> Result<()> {
+        self.policy_attach(policy_id, stack_id).await
+    }
+
+    async fn detach_policy(&self, policy_id: &str, stack_id: &str) -> Result<()> {
+        self.policy_detach(policy_id, stack_id).await
+    }
+
+    async fn add_policy_sample(&self, sample: PolicySample, keep: u32) -> Result<()> {
+        self.sample_add(sample, keep).await
+    }
+
+    async fn get_policy_sample(&self, id: &str) -> Result<PolicySample> {
+        self.sample_get(id).await
+    }
+
+    async fn list_policy_samples(
+        &self,
+        policy_id: &str,
+        page: &Page,
+    ) -> Result<PageOut<PolicySample>> {
+        self.sample_list(policy_id, page).await
+    }
+
+    async fn add_review(&self, review: ReviewRecord) -> Result<()> {
+        self.review_add(review).await
+    }
+
+    async fn list_reviews(&self, run_id: &str) -> Result<Vec<ReviewRecord>> {
+        self.review_list(run_id).await
+    }
+
+    async fn set_run_approval(&self, run_id: &str, state: &str, outcome: &str) -> Result<()> {
+        self.approval_set(run_id, state, outcome).await
+    }
+
+    async fn run_approval(&self, run_id: &str, state: &str) -> Result<Option<String>> {
+        self.approval_get(run_id, state).await
     }
 }
 

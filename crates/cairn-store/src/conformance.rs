@@ -21,7 +21,7 @@ use cairn_core::{
     WorkerPool,
 };
 
-use crate::{transition, Page, Store, StoreError};
+use crate::{transition, Page, PolicyRecord, PolicySample, ReviewRecord, Store, StoreError};
 
 /// Expands to one `#[tokio::test]` per conformance case. The first argument is an expression
 /// that can be called with no arguments and returns a future of `Arc<dyn Store>`; it is called
@@ -50,6 +50,9 @@ macro_rules! conformance_tests {
             pools_workers_and_leases,
             api_keys,
             concurrent_conflicting_transitions_have_one_winner,
+            policies_crud_attachments_and_versions,
+            policy_samples_are_bounded_and_newest_first,
+            reviews_and_approval_outcomes,
         );
     };
     (@cases $factory:expr; $skip:expr; $($case:ident),* $(,)?) => {
@@ -1209,4 +1212,304 @@ pub async fn concurrent_conflicting_transitions_have_one_winner(store: Arc<dyn S
         assert_eq!(after, [expected]);
         assert_history_is_legal(&stored);
     }
+}
+
+fn policy(id: &str, kind: &str, labels: &[&str]) -> PolicyRecord {
+    PolicyRecord {
+        id: id.into(),
+        name: format!("Policy {id}"),
+        kind: kind.into(),
+        body: "package spacelift\n".into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        version: 0,
+        stack_ids: vec!["ignored-by-create".into()],
+        created_at: 10,
+        updated_at: 10,
+    }
+}
+
+pub async fn policies_crud_attachments_and_versions(store: Arc<dyn Store>) {
+    store.create_stack(stack("s1", &[]), vec![]).await.unwrap();
+    store.create_stack(stack("s2", &[]), vec![]).await.unwrap();
+    let created = store
+        .create_policy(policy("p-trigger", "TRIGGER", &["autoattach:infra"]))
+        .await
+        .unwrap();
+    assert_eq!(created.version, 1);
+    assert!(created.stack_ids.is_empty(), "create ignores stack_ids");
+    assert!(matches!(
+        store.create_policy(policy("p-trigger", "PLAN", &[])).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    for id in ["p-plan-a", "p-plan-b", "p-plan-c"] {
+        store.create_policy(policy(id, "PLAN", &[])).await.unwrap();
+    }
+
+    // Attach is idempotent; both missing sides are named.
+    store.attach_policy("p-trigger", "s2").await.unwrap();
+    store.attach_policy("p-trigger", "s1").await.unwrap();
+    store.attach_policy("p-trigger", "s1").await.unwrap();
+    match store.attach_policy("nope", "s1").await {
+        Err(StoreError::NotFound { kind, .. }) => assert_eq!(kind, "policy"),
+        other => panic!("{other:?}"),
+    }
+    match store.attach_policy("p-trigger", "nope").await {
+        Err(StoreError::NotFound { kind, .. }) => assert_eq!(kind, "stack"),
+        other => panic!("{other:?}"),
+    }
+    let got = store.get_policy("p-trigger").await.unwrap();
+    assert_eq!(got.stack_ids, ["s1", "s2"]);
+    assert_eq!(got.labels, ["autoattach:infra"]);
+
+    // Update is compare-and-swap on the version and keeps the attachments.
+    let mut next = got.clone();
+    next.body = "package spacelift\ntrigger[\"s1\"] { true }\n".into();
+    next.updated_at = 20;
+    let v2 = store.update_policy(next.clone()).await.unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.body, next.body);
+    assert_eq!(v2.stack_ids, ["s1", "s2"]);
+    assert_eq!(v2.created_at, 10);
+    assert!(matches!(
+        store.update_policy(next).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.update_policy(policy("ghost", "PLAN", &[])).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Listing: by kind, paged by id.
+    let first = store
+        .list_policies(Some("PLAN"), &Page::first(2))
+        .await
+        .unwrap();
+    let ids: Vec<_> = first.items.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["p-plan-a", "p-plan-b"]);
+    let second = store
+        .list_policies(
+            Some("PLAN"),
+            &Page {
+                size: 2,
+                token: first.next,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert!(second.next.is_none());
+    assert_eq!(
+        store
+            .list_policies(None, &Page::first(0))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        4
+    );
+    let all = store.all_policies().await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        all.iter().find(|p| p.id == "p-trigger").unwrap().stack_ids,
+        ["s1", "s2"]
+    );
+
+    // Detach, and attachments go with a deleted stack or policy.
+    store.detach_policy("p-trigger", "s2").await.unwrap();
+    assert!(matches!(
+        store.detach_policy("p-trigger", "s2").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.delete_stack("s1").await.unwrap();
+    assert!(store
+        .get_policy("p-trigger")
+        .await
+        .unwrap()
+        .stack_ids
+        .is_empty());
+    store.attach_policy("p-plan-a", "s2").await.unwrap();
+    store.delete_policy("p-plan-a").await.unwrap();
+    assert!(matches!(
+        store.get_policy("p-plan-a").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete_policy("p-plan-a").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.attach_policy("p-plan-b", "s2").await.unwrap();
+}
+
+pub async fn policy_samples_are_bounded_and_newest_first(store: Arc<dyn Store>) {
+    store
+        .create_policy(policy("p1", "PLAN", &[]))
+        .await
+        .unwrap();
+    store
+        .create_policy(policy("p2", "PLAN", &[]))
+        .await
+        .unwrap();
+    for i in 0..7 {
+        store
+            .add_policy_sample(
+                PolicySample {
+                    id: format!("smp-{i}"),
+                    policy_id: "p1".into(),
+                    policy_version: 1 + i / 4,
+                    run_id: "run-x".into(),
+                    input_json: format!("{{\"i\":{i}}}"),
+                    decision_json: "{}".into(),
+                    duration_micros: 5,
+                    created_at: 100,
+                    error: if i == 6 { "boom".into() } else { String::new() },
+                },
+                5,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .add_policy_sample(
+            PolicySample {
+                id: "other".into(),
+                policy_id: "p2".into(),
+                policy_version: 1,
+                ..Default::default()
+            },
+            5,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .add_policy_sample(
+                PolicySample {
+                    id: "orphan".into(),
+                    policy_id: "missing".into(),
+                    ..Default::default()
+                },
+                5
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let page = store
+        .list_policy_samples("p1", &Page::first(3))
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.items.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["smp-6", "smp-5", "smp-4"]);
+    assert_eq!(page.items[0].error, "boom");
+    assert_eq!(page.items[0].policy_version, 2);
+    let rest = store
+        .list_policy_samples(
+            "p1",
+            &Page {
+                size: 3,
+                token: page.next,
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = rest.items.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["smp-3", "smp-2"], "only the newest 5 are kept");
+    assert!(rest.next.is_none());
+    let got = store.get_policy_sample("smp-3").await.unwrap();
+    assert_eq!(got.input_json, "{\"i\":3}");
+    assert_eq!(got.run_id, "run-x");
+    assert!(matches!(
+        store.get_policy_sample("smp-0").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.delete_policy("p1").await.unwrap();
+    assert!(matches!(
+        store.get_policy_sample("smp-6").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store
+            .list_policy_samples("p2", &Page::first(0))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+pub async fn reviews_and_approval_outcomes(store: Arc<dyn Store>) {
+    store.create_stack(stack("s1", &[]), vec![]).await.unwrap();
+    store
+        .create_run(run("r1", "s1", RunType::Tracked, 1))
+        .await
+        .unwrap();
+    let review = |login: &str, approve: bool, state: &str, at: i64| ReviewRecord {
+        run_id: "r1".into(),
+        login: login.into(),
+        name: login.to_uppercase(),
+        teams: vec!["ops".into()],
+        approve,
+        note: format!("{login} says {approve}"),
+        run_state: state.into(),
+        remote_ip: "127.0.0.1".into(),
+        timestamp: at,
+    };
+    store
+        .add_review(review("alice", false, "QUEUED", 1))
+        .await
+        .unwrap();
+    store
+        .add_review(review("alice", true, "UNCONFIRMED", 2))
+        .await
+        .unwrap();
+    store
+        .add_review(review("bob", true, "UNCONFIRMED", 3))
+        .await
+        .unwrap();
+    let got = store.list_reviews("r1").await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], review("alice", false, "QUEUED", 1));
+    assert_eq!(got[2].login, "bob");
+    assert!(store.list_reviews("other").await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .add_review(ReviewRecord {
+                run_id: "missing".into(),
+                ..review("x", true, "QUEUED", 1)
+            })
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    assert_eq!(store.run_approval("r1", "QUEUED").await.unwrap(), None);
+    store
+        .set_run_approval("r1", "QUEUED", "UNDECIDED")
+        .await
+        .unwrap();
+    store
+        .set_run_approval("r1", "QUEUED", "APPROVED")
+        .await
+        .unwrap();
+    store
+        .set_run_approval("r1", "UNCONFIRMED", "REJECTED")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run_approval("r1", "QUEUED").await.unwrap().as_deref(),
+        Some("APPROVED")
+    );
+    assert_eq!(
+        store
+            .run_approval("r1", "UNCONFIRMED")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("REJECTED")
+    );
+    assert!(matches!(
+        store
+            .set_run_approval("missing", "QUEUED", "APPROVED")
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -141,6 +141,91 @@ pub trait Store: Send + Sync + 'static {
     async fn find_api_key_by_hash(&self, secret_hash: &str) -> Result<ApiKey>;
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>>;
     async fn revoke_api_key(&self, id: &str) -> Result<()>;
+
+    // Policies. `version` starts at 1 and every update bumps it; `stack_ids` (direct
+    // attachments) are managed by attach/detach only and ignored by create/update.
+    async fn create_policy(&self, policy: PolicyRecord) -> Result<PolicyRecord>;
+    async fn get_policy(&self, id: &str) -> Result<PolicyRecord>;
+    /// Policies ordered by id, optionally of one kind.
+    async fn list_policies(&self, kind: Option<&str>, page: &Page)
+        -> Result<PageOut<PolicyRecord>>;
+    /// Every policy with its attachments (evaluation picks the ones that apply to a stack).
+    async fn all_policies(&self) -> Result<Vec<PolicyRecord>>;
+    /// Replaces name, body and labels if the stored version is still `policy.version`; returns
+    /// the stored policy with the bumped version, or `Conflict`.
+    async fn update_policy(&self, policy: PolicyRecord) -> Result<PolicyRecord>;
+    /// Deletes a policy with its attachments and samples.
+    async fn delete_policy(&self, id: &str) -> Result<()>;
+    /// Attaches a policy to a stack (idempotent); NotFound names whichever of the two is missing.
+    async fn attach_policy(&self, policy_id: &str, stack_id: &str) -> Result<()>;
+    /// NotFound when the policy is not attached to the stack.
+    async fn detach_policy(&self, policy_id: &str, stack_id: &str) -> Result<()>;
+
+    // Policy samples: the newest `keep` per policy are retained.
+    async fn add_policy_sample(&self, sample: PolicySample, keep: u32) -> Result<()>;
+    async fn get_policy_sample(&self, id: &str) -> Result<PolicySample>;
+    /// A policy's samples, newest first.
+    async fn list_policy_samples(
+        &self,
+        policy_id: &str,
+        page: &Page,
+    ) -> Result<PageOut<PolicySample>>;
+
+    // Reviews of runs (every review is kept: approval policies see older ones too) and the
+    // approval outcome reached in a given run state.
+    async fn add_review(&self, review: ReviewRecord) -> Result<()>;
+    /// A run's reviews, oldest first.
+    async fn list_reviews(&self, run_id: &str) -> Result<Vec<ReviewRecord>>;
+    /// Records what the approval policies concluded for a run in `state` (replacing any earlier
+    /// outcome for that state).
+    async fn set_run_approval(&self, run_id: &str, state: &str, outcome: &str) -> Result<()>;
+    async fn run_approval(&self, run_id: &str, state: &str) -> Result<Option<String>>;
+}
+
+/// A stored Rego policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyRecord {
+    pub id: String,
+    pub name: String,
+    /// `PUSH` | `TRIGGER` | `PLAN` | `APPROVAL`.
+    pub kind: String,
+    pub body: String,
+    pub labels: Vec<String>,
+    pub version: i64,
+    /// Stacks attached directly, ordered by id.
+    pub stack_ids: Vec<String>,
+    pub created_at: Nanos,
+    pub updated_at: Nanos,
+}
+
+/// One evaluation of a policy, kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicySample {
+    pub id: String,
+    pub policy_id: String,
+    pub policy_version: i64,
+    /// The run the evaluation was about, if any.
+    pub run_id: String,
+    pub input_json: String,
+    pub decision_json: String,
+    pub duration_micros: i64,
+    pub created_at: Nanos,
+    /// Why the evaluation failed; empty on success.
+    pub error: String,
+}
+
+/// A review of a run, with the run state it was made in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReviewRecord {
+    pub run_id: String,
+    pub login: String,
+    pub name: String,
+    pub teams: Vec<String>,
+    pub approve: bool,
+    pub note: String,
+    pub run_state: String,
+    pub remote_ip: String,
+    pub timestamp: Nanos,
 }
 
 /// Applies `event` to a run through the state machine and persists it atomically with its
