@@ -33,8 +33,8 @@ const PYTHON_REQUIREMENTS: &[&str] = &[
 ];
 const TERRAFORM_VERSION: &str = "1.0.3";
 /// Pinned so `buf lint` results do not drift between machines.
-const BUF_PACKAGE: &str = "@bufbuild/buf@1.75.0";
 const BUF_VERSION: &str = "1.75.0";
+const WEBHOOK_EXAMPLES_VERSION: &str = "7.6.1";
 
 pub const PROVIDER_CRATE: &str = "terraform-provider-cairntest";
 const PROVIDER_MANIFEST: &str = "tests/provider/Cargo.toml";
@@ -91,6 +91,12 @@ pub fn all() -> Result<Tools> {
     terraform(&tools)?;
     ansible(&tools)?;
     buf(&tools)?;
+    // Real GitHub webhook payloads for cairn-vcs and the webhook tests.
+    npm_package(
+        &tools,
+        "@octokit/webhooks-examples",
+        WEBHOOK_EXAMPLES_VERSION,
+    )?;
     test_provider(&tools)?;
     terraformrc(&tools)?;
     say("done");
@@ -359,30 +365,8 @@ fn ansible(tools: &Tools) -> Result<()> {
 // ---------------------------------------------------------------- buf
 
 fn buf(tools: &Tools) -> Result<()> {
-    let node = tools.node();
-    let package_json = node.join("node_modules/@bufbuild/buf/package.json");
-    let installed = fs::read_to_string(&package_json)
-        .map(|text| text.contains(&format!("\"version\": \"{BUF_VERSION}\"")))
-        .unwrap_or(false);
-    let npm_bin = node.join("node_modules/.bin/buf");
-    if installed && npm_bin.exists() {
-        say(format!("buf {BUF_VERSION}: up to date"));
-    } else {
-        fs::create_dir_all(&node).map_err(io_err(format!("creating {}", node.display())))?;
-        say(format!("installing {BUF_PACKAGE} into {}", node.display()));
-        run(Command::new("npm")
-            .arg("install")
-            .arg("--prefix")
-            .arg(&node)
-            .args([
-                "--no-audit",
-                "--no-fund",
-                "--no-update-notifier",
-                "--loglevel=error",
-                BUF_PACKAGE,
-            ])
-            .stdin(std::process::Stdio::null()))?;
-    }
+    npm_package(tools, "@bufbuild/buf", BUF_VERSION)?;
+    let npm_bin = tools.node().join("node_modules/.bin/buf");
     link(tools, &npm_bin, &tools.buf())?;
     let version = capture(Command::new(tools.buf()).arg("--version"))?;
     if version.trim() != BUF_VERSION {
@@ -587,4 +571,34 @@ mod tests {
         assert!(!m.has_bin("xtask", "cairn-bench"));
         assert_eq!(m.target_directory(), PathBuf::from("/r/target"));
     }
+}
+
+/// Installs `name@version` into the tools' npm prefix unless that version is already there.
+fn npm_package(tools: &Tools, name: &str, version: &str) -> Result<()> {
+    let node = tools.node();
+    let package_json = node.join("node_modules").join(name).join("package.json");
+    let installed = fs::read_to_string(&package_json)
+        .map(|text| text.contains(&format!("\"version\": \"{version}\"")))
+        .unwrap_or(false);
+    if installed {
+        say(format!("{name} {version}: up to date"));
+        return Ok(());
+    }
+    fs::create_dir_all(&node).map_err(io_err(format!("creating {}", node.display())))?;
+    say(format!(
+        "installing {name}@{version} into {}",
+        node.display()
+    ));
+    run(Command::new("npm")
+        .arg("install")
+        .arg("--prefix")
+        .arg(&node)
+        .args([
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel=error",
+            &format!("{name}@{version}"),
+        ])
+        .stdin(std::process::Stdio::null()))
 }
