@@ -16,6 +16,7 @@ use cairn_core::{
     ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Role, Run, Stack, Worker,
     WorkerPool,
 };
+use cairn_store::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
 use cairn_store::{
     Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
 };
@@ -28,6 +29,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 mod policy;
+mod tfstate;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -834,6 +836,60 @@ impl Store for SqliteStore {
             .iter()
             .map(lease_from)
             .collect()
+    }
+
+    async fn add_state_version(&self, version: StateVersion) -> Result<StateVersion> {
+        self.tf_add_state_version(version).await
+    }
+
+    async fn current_state_version(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+    ) -> Result<Option<StateVersion>> {
+        self.tf_current_state_version(stack_id, deployment).await
+    }
+
+    async fn get_state_version(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+        serial: i64,
+    ) -> Result<StateVersion> {
+        self.tf_get_state_version(stack_id, deployment, serial)
+            .await
+    }
+
+    async fn list_state_versions(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+        page: &Page,
+    ) -> Result<PageOut<StateVersion>> {
+        self.tf_list_state_versions(stack_id, deployment, page)
+            .await
+    }
+
+    async fn acquire_state_lock(&self, lock: StateLock) -> Result<LockAttempt> {
+        self.tf_acquire_state_lock(lock).await
+    }
+
+    async fn release_state_lock(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+        lock_id: &str,
+    ) -> Result<UnlockOutcome> {
+        self.tf_release_state_lock(stack_id, deployment, lock_id)
+            .await
+    }
+
+    async fn get_state_lock(&self, stack_id: &str, deployment: &str) -> Result<Option<StateLock>> {
+        self.tf_get_state_lock(stack_id, deployment).await
+    }
+
+    async fn force_release_state_locks(&self, run_id: &str) -> Result<Vec<StateLock>> {
+        self.tf_force_release_state_locks(run_id).await
     }
 
     async fn create_api_key(&self, key: ApiKey) -> Result<ApiKey> {

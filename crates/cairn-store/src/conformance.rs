@@ -23,6 +23,9 @@ use cairn_core::{
 
 use crate::{transition, Page, PolicyRecord, PolicySample, ReviewRecord, Store, StoreError};
 
+mod tfstate;
+pub use tfstate::*;
+
 /// Expands to one `#[tokio::test]` per conformance case. The first argument is an expression
 /// that can be called with no arguments and returns a future of `Arc<dyn Store>`; it is called
 /// once per test so that every case starts from an empty store. The optional
@@ -48,6 +51,9 @@ macro_rules! conformance_tests {
             dispatch_view_orders_runs,
             logs,
             pools_workers_and_leases,
+            state_versions_append_only_and_refuse_stale_writes,
+            state_locks_acquire_release_and_force_release,
+            concurrent_state_writers_have_one_winner,
             api_keys,
             concurrent_conflicting_transitions_have_one_winner,
             policies_crud_attachments_and_versions,

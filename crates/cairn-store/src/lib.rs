@@ -14,6 +14,9 @@ use cairn_core::{
 
 pub mod bench;
 pub mod conformance;
+pub mod tfstate;
+
+pub use tfstate::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -135,6 +138,42 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     async fn delete_lease(&self, id: &str) -> Result<()>;
     async fn list_leases(&self) -> Result<Vec<Lease>>;
+
+    // Terraform state per (stack, deployment): append-only versions, current = highest serial.
+    /// Appends a version if its serial is above the current one and its lineage is the current
+    /// one's (any lineage for the first); check and insert are atomic. Otherwise `Conflict`
+    /// (`expected` = the current serial) and nothing changes; NotFound when the stack is missing.
+    async fn add_state_version(&self, version: StateVersion) -> Result<StateVersion>;
+    async fn current_state_version(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+    ) -> Result<Option<StateVersion>>;
+    async fn get_state_version(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+        serial: i64,
+    ) -> Result<StateVersion>;
+    /// A deployment's versions, newest first.
+    async fn list_state_versions(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+        page: &Page,
+    ) -> Result<PageOut<StateVersion>>;
+    /// Takes the deployment's lock unless another id holds it (then returns the holder).
+    async fn acquire_state_lock(&self, lock: StateLock) -> Result<LockAttempt>;
+    /// Releases the lock only when it is held with `lock_id`.
+    async fn release_state_lock(
+        &self,
+        stack_id: &str,
+        deployment: &str,
+        lock_id: &str,
+    ) -> Result<UnlockOutcome>;
+    async fn get_state_lock(&self, stack_id: &str, deployment: &str) -> Result<Option<StateLock>>;
+    /// Releases every lock a run holds (its worker died or the run ended); returns them.
+    async fn force_release_state_locks(&self, run_id: &str) -> Result<Vec<StateLock>>;
 
     // API keys (secrets stored as hashes only).
     async fn create_api_key(&self, key: ApiKey) -> Result<ApiKey>;
