@@ -604,7 +604,7 @@ impl Store for PostgresStore {
         // One statement, so the waiting runs and the queue heads come from the same snapshot.
         let rows = sqlx::query(
             "SELECT doc, NULL::text AS stack_id, NULL::text AS deployment, NULL::text AS id FROM runs
-             WHERE state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED')
+             WHERE NOT terminal AND state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED')
              UNION ALL
              SELECT NULL::text, stack_id, deployment, id FROM (
                  SELECT stack_id, deployment, id,

@@ -600,7 +600,7 @@ impl Store for SqliteStore {
         // One statement, so the waiting runs and the queue heads come from the same snapshot.
         let rows = sqlx::query(
             "SELECT doc, NULL AS stack_id, NULL AS deployment, NULL AS id FROM runs
-             WHERE state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED')
+             WHERE terminal = 0 AND state IN ('QUEUED', 'REPLAN_REQUESTED', 'CONFIRMED')
              UNION ALL
              SELECT NULL, stack_id, deployment, id FROM (
                  SELECT stack_id, deployment, id,
