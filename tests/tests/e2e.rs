@@ -226,12 +226,8 @@ async fn autodeploy_then_no_op_then_proposed() -> Result<()> {
     Ok(())
 }
 
-/// Discarding an unconfirmed run applies nothing; with CAIRN_SKIP_APPLYING=true in the stack's
-/// environment a confirmed run finishes without applying.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discard_and_skip_applying() -> Result<()> {
-    let (server, _agent) = setup("discard").await?;
-    let out = Outside::new()?;
+/// A one-file stack "gate" that waits for confirmation; returns the managed file.
+async fn gate_stack(server: &TestServer, out: &Outside, env: Vec<pb::EnvVar>) -> Result<PathBuf> {
     let file = out.path("kept-out.txt");
     let repo = GitRepo::new()?;
     repo.write(
@@ -249,11 +245,19 @@ async fn discard_and_skip_applying() -> Result<()> {
     server
         .create_stack(
             stack_spec("gate", &repo.url(), "", "terraform", false),
-            vec![],
+            env,
             &sha,
         )
         .await?;
+    Ok(file)
+}
 
+/// Discarding an unconfirmed run applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarded_run_applies_nothing() -> Result<()> {
+    let (server, _agent) = setup("discard").await?;
+    let out = Outside::new()?;
+    let file = gate_stack(&server, &out, vec![]).await?;
     let run = server.trigger("gate", pb::RunType::Tracked, "").await?;
     let run = server.wait(&run.id, &[S::Unconfirmed]).await?;
     server
@@ -265,14 +269,16 @@ async fn discard_and_skip_applying() -> Result<()> {
     let run = server.wait(&run.id, &[S::Discarded]).await?;
     assert!(!history(&run).contains(&S::Applying));
     assert_eq!(read(&file), None, "a discarded run applies nothing");
+    Ok(())
+}
 
-    server
-        .stacks()
-        .set_env_var(pb::SetEnvVarRequest {
-            stack_id: "gate".into(),
-            var: Some(env("CAIRN_SKIP_APPLYING", "true")),
-        })
-        .await?;
+/// With CAIRN_SKIP_APPLYING=true in the stack's environment (Spacelift's
+/// SPACELIFT_SKIP_APPLYING), a confirmed run finishes without applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_applying_flag_finishes_without_applying() -> Result<()> {
+    let (server, _agent) = setup("skipper").await?;
+    let out = Outside::new()?;
+    let file = gate_stack(&server, &out, vec![env("CAIRN_SKIP_APPLYING", "true")]).await?;
     let run = server.trigger("gate", pb::RunType::Tracked, "").await?;
     let run = server.wait(&run.id, &[S::Unconfirmed]).await?;
     server
