@@ -1,0 +1,475 @@
+//! `cairn-bench`: Cairn's performance figures next to its goals. Run by `cargo xtask bench`
+//! (release build, `CAIRN_TEST_DATABASE_URL` set); each section prints
+//! "goal X, measured Y, ratio Z", where a ratio of at least 1 meets the goal.
+//!
+//! Sections: run-state transitions per second on SQLite and PostgreSQL; unary GetRun latency
+//! under 64 concurrent clients against a real server; the trigger policy over 10,000 stacks;
+//! Terraform by hand versus the same configuration as a Cairn tracked run with autodeploy.
+//!
+//! `--quick` runs smaller samples (for a smoke test); `--only <section>` runs one of
+//! `store`, `getrun`, `policy`, `terraform`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_tests::{
+    cairntest_config, paths, pb, stack_spec, Error, FileResource, GitRepo, Result, ServerOptions,
+    TestServer,
+};
+use tonic::transport::Channel;
+
+const SECTIONS: [&str; 4] = ["store", "getrun", "policy", "terraform"];
+
+struct Args {
+    quick: bool,
+    only: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        quick: false,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--only" => {
+                let s = it
+                    .next()
+                    .ok_or_else(|| Error::Setup("--only needs a section".into()))?;
+                if !SECTIONS.contains(&s.as_str()) {
+                    return Err(Error::Setup(format!(
+                        "unknown section {s:?}; one of {SECTIONS:?}"
+                    )));
+                }
+                args.only = Some(s);
+            }
+            "-h" | "--help" => {
+                println!("cairn-bench [--quick] [--only store|getrun|policy|terraform]");
+                std::process::exit(0);
+            }
+            other => return Err(Error::Setup(format!("unknown argument {other:?}"))),
+        }
+    }
+    Ok(args)
+}
+
+/// Higher is better (throughput) or lower is better (latency).
+enum Better {
+    Higher,
+    Lower,
+}
+
+fn verdict(section: &str, goal: f64, measured: f64, unit: &str, better: Better) {
+    let ratio = match better {
+        Better::Higher => measured / goal,
+        Better::Lower => goal / measured.max(f64::MIN_POSITIVE),
+    };
+    let (cmp, ok) = match better {
+        Better::Higher => (">=", ratio >= 1.0),
+        Better::Lower => ("<", ratio >= 1.0),
+    };
+    println!(
+        "[{section}] goal {cmp} {goal:.1} {unit}, measured {measured:.1} {unit}, ratio {ratio:.2} ({})",
+        if ok { "meets the goal" } else { "MISSES the goal" }
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 0.5)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cairn-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Set before any thread starts: the in-process agent and the vendors it launches inherit
+    // the same tool environment `cargo xtask test` gives the e2e tests.
+    if let Ok(env) = paths::vendor_env() {
+        for (k, v) in env {
+            std::env::set_var(k, v);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn-bench: tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let wants = |s: &str| args.only.as_deref().is_none_or(|o| o == s);
+    let mut failures = Vec::new();
+    let mut section = |name: &str, r: Result<()>| {
+        if let Err(e) = r {
+            println!("[{name}] FAILED: {e}");
+            failures.push(name.to_string());
+        }
+    };
+    if wants("store") {
+        section("store", store(args.quick).await);
+    }
+    if wants("getrun") {
+        section("getrun", get_run_latency(args.quick).await);
+    }
+    if wants("policy") {
+        section("policy", policy(args.quick));
+    }
+    if wants("terraform") {
+        section("terraform", terraform_overhead(args.quick).await);
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Check(format!("sections failed: {failures:?}")))
+    }
+}
+
+fn store_err(e: cairn_store::StoreError) -> Error {
+    Error::Check(format!("store: {e}"))
+}
+
+async fn store(quick: bool) -> Result<()> {
+    let opts = cairn_store::bench::BenchOptions {
+        runs: if quick { 200 } else { 2_000 },
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
+    let sqlite = cairn_store_sqlite::SqliteStore::open(dir.path().join("bench.db"))
+        .await
+        .map_err(store_err)?;
+    let figures = cairn_store::bench::transitions_per_second(Arc::new(sqlite), &opts)
+        .await
+        .map_err(store_err)?;
+    println!("[store/sqlite] {figures}");
+    verdict(
+        "store/sqlite",
+        2_000.0,
+        figures.transitions_per_second,
+        "transitions/s",
+        Better::Higher,
+    );
+
+    match std::env::var("CAIRN_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let schema = format!("bench_{}", std::process::id());
+            let pg = cairn_store_postgres::PostgresStore::connect_in_schema(&url, &schema)
+                .await
+                .map_err(store_err)?;
+            let figures = cairn_store::bench::transitions_per_second(Arc::new(pg), &opts)
+                .await
+                .map_err(store_err)?;
+            println!("[store/postgres] {figures}");
+            verdict(
+                "store/postgres",
+                5_000.0,
+                figures.transitions_per_second,
+                "transitions/s",
+                Better::Higher,
+            );
+            Ok(())
+        }
+        _ => Err(Error::Setup(
+            "CAIRN_TEST_DATABASE_URL is not set: run `cargo xtask bench` (it starts PostgreSQL)"
+                .into(),
+        )),
+    }
+}
+
+/// 64 clients, each on its own HTTP/2 connection, calling GetRun back to back.
+async fn get_run_latency(quick: bool) -> Result<()> {
+    const CLIENTS: usize = 64;
+    let calls = if quick { 50 } else { 300 };
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let repo = GitRepo::new()?;
+    repo.write("README", "bench")?;
+    let sha = repo.commit_and_push("bench")?;
+    server
+        .create_stack(
+            stack_spec("bench", &repo.url(), "", "terraform", false),
+            vec![],
+            &sha,
+        )
+        .await?;
+    // No agent is connected: the run stays QUEUED and every call reads the same stored run.
+    let run = server.trigger("bench", pb::RunType::Tracked, "").await?;
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    let started = Instant::now();
+    for _ in 0..CLIENTS {
+        let channel = Channel::from_shared(server.url())
+            .map_err(|e| Error::Setup(e.to_string()))?
+            .connect()
+            .await?;
+        let key = server.admin_key.clone();
+        let run_id = run.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let auth = format!("Bearer {key}");
+            let mut client =
+                cairn_proto::v1::run_service_client::RunServiceClient::with_interceptor(
+                    channel,
+                    move |mut req: tonic::Request<()>| {
+                        let v = auth
+                            .parse()
+                            .map_err(|_| tonic::Status::internal("bad key header"))?;
+                        req.metadata_mut().insert("authorization", v);
+                        Ok(req)
+                    },
+                );
+            let mut lat = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let t = Instant::now();
+                client
+                    .get_run(pb::GetRunRequest {
+                        run_id: run_id.clone(),
+                    })
+                    .await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, tonic::Status>(lat)
+        }));
+    }
+    let mut all = Vec::with_capacity(CLIENTS * calls);
+    for t in tasks {
+        let lat = t
+            .await
+            .map_err(|e| Error::Check(format!("client task: {e}")))??;
+        all.extend(lat);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let (p50, p99) = (percentile(&all, 0.50), percentile(&all, 0.99));
+    println!(
+        "[getrun] {} calls from {CLIENTS} clients in {:.2}s ({:.0}/s): p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms",
+        all.len(),
+        elapsed.as_secs_f64(),
+        all.len() as f64 / elapsed.as_secs_f64(),
+        ms(p50),
+        ms(p99),
+        ms(all.last().copied().unwrap_or_default()),
+    );
+    // The goal is this benchmark's own: a unary read should stay interactive (p99 under 10 ms)
+    // with 64 clients hammering one server.
+    verdict("getrun p99", 10.0, ms(p99), "ms", Better::Lower);
+    server.stop().await
+}
+
+fn policy(quick: bool) -> Result<()> {
+    let iterations = if quick { 5 } else { 30 };
+    let b = cairn_policy::bench::trigger_policy_over_stacks(10_000, iterations)
+        .map_err(|e| Error::Check(format!("policy: {e}")))?;
+    for line in b.render().lines() {
+        println!("[policy] {line}");
+    }
+    verdict("policy median", 20.0, ms(b.median), "ms", Better::Lower);
+    verdict("policy p95", 20.0, ms(b.p95), "ms", Better::Lower);
+    Ok(())
+}
+
+const RESOURCES: usize = 10;
+
+fn config(out: &Path) -> String {
+    let paths: Vec<(String, PathBuf)> = (0..RESOURCES)
+        .map(|i| (format!("f{i}"), out.join(format!("f{i}.txt"))))
+        .collect();
+    let files: Vec<FileResource<'_>> = paths
+        .iter()
+        .map(|(name, path)| FileResource {
+            name,
+            path,
+            content: "benchmark",
+        })
+        .collect();
+    cairntest_config(&out.join("terraform.tfstate"), &files)
+}
+
+fn terraform(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new(paths::tool("terraform")?)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| Error::io("running terraform", e))?;
+    if !out.status.success() {
+        return Err(Error::Check(format!(
+            "terraform {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// init, plan -out, apply of the saved plan: what someone does by hand.
+fn by_hand(root: &Path) -> Result<Duration> {
+    let project = root.join("project");
+    let out = root.join("out");
+    std::fs::create_dir_all(&project).map_err(|e| Error::io("mkdir", e))?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io("mkdir", e))?;
+    std::fs::write(project.join("main.tf"), config(&out)).map_err(|e| Error::io("main.tf", e))?;
+    let started = Instant::now();
+    terraform(&project, &["init", "-input=false", "-no-color"])?;
+    terraform(
+        &project,
+        &["plan", "-input=false", "-no-color", "-out=tfplan"],
+    )?;
+    terraform(&project, &["apply", "-input=false", "-no-color", "tfplan"])?;
+    let took = started.elapsed();
+    let written = (0..RESOURCES)
+        .filter(|i| out.join(format!("f{i}.txt")).exists())
+        .count();
+    if written != RESOURCES {
+        return Err(Error::Check(format!(
+            "terraform by hand wrote {written} files"
+        )));
+    }
+    Ok(took)
+}
+
+/// The directory holding `cairn-runner-terraform`: next to this binary (release), else the
+/// debug build; built in release when neither has it.
+fn plugin_dir() -> Result<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(d);
+    }
+    dirs.push(paths::debug_dir());
+    if let Ok(p) = paths::binary_in("cairn-runner-terraform", &dirs) {
+        return Ok(p.parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("[terraform] building cairn-runner-terraform (release)");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "cairn-runner-tf",
+            "--bin",
+            "cairn-runner-terraform",
+        ])
+        .current_dir(paths::workspace_root())
+        .status()
+        .map_err(|e| Error::io("running cargo build", e))?;
+    if !status.success() {
+        return Err(Error::Setup(
+            "could not build cairn-runner-terraform".into(),
+        ));
+    }
+    paths::binary_in(
+        "cairn-runner-terraform",
+        &[paths::target_dir().join("release")],
+    )
+    .map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// The same configuration as a tracked run of an autodeploy stack: trigger to FINISHED, with a
+/// real server and a real agent (in this process) running the real plugin.
+async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<Duration> {
+    let out = root.join("out");
+    std::fs::create_dir_all(&out).map_err(|e| Error::io("mkdir", e))?;
+    let repo = GitRepo::new()?;
+    repo.write("main.tf", &config(&out))?;
+    let sha = repo.commit_and_push("ten files")?;
+    let id = format!("tf-{i}");
+    server
+        .create_stack(
+            stack_spec(&id, &repo.url(), "", "terraform", true),
+            vec![],
+            &sha,
+        )
+        .await?;
+    let started = Instant::now();
+    let run = server.trigger(&id, pb::RunType::Tracked, "").await?;
+    let run = server.wait(&run.id, &[pb::RunState::Finished]).await?;
+    let took = started.elapsed();
+    if run.delta.map(|d| d.added_resources) != Some(RESOURCES as i32) {
+        return Err(Error::Check(format!(
+            "the Cairn run planned {:?}",
+            run.delta
+        )));
+    }
+    Ok(took)
+}
+
+async fn terraform_overhead(quick: bool) -> Result<()> {
+    let rounds = if quick { 1 } else { 3 };
+    let plugins = plugin_dir()?;
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let work = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
+    let agent_config = cairn_agent::Config {
+        server_url: server.url(),
+        pool_token_file: Some(server.pool_token_file.clone()),
+        name: "bench".into(),
+        max_jobs: 1,
+        plugin_path: vec![plugins],
+        work_dir: work.path().join("agent"),
+        ..Default::default()
+    };
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(cairn_agent::run(agent_config, async move {
+        let _ = stopped.changed().await;
+    }));
+
+    let mut hand = Vec::new();
+    let mut cairn = Vec::new();
+    // Alternate so that a slow spell of the machine hits both sides alike.
+    for i in 0..rounds {
+        let h = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
+        hand.push(tokio::task::block_in_place(|| by_hand(h.path()))?);
+        let c = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
+        cairn.push(through_cairn(&server, c.path(), i).await?);
+        println!(
+            "[terraform] round {}: by hand {:.0}ms, through Cairn {:.0}ms",
+            i + 1,
+            ms(hand[i]),
+            ms(cairn[i])
+        );
+    }
+    let _ = stop.send(true);
+    let _ = agent.await;
+    let (h, c) = (median(hand), median(cairn));
+    let added = c.saturating_sub(h);
+    println!(
+        "[terraform] {RESOURCES} cairntest_file resources, median of {rounds}: by hand {:.0}ms \
+         (init + plan + apply), through Cairn {:.0}ms (tracked run, autodeploy, trigger to \
+         FINISHED); Cairn adds {:.0}ms per run",
+        ms(h),
+        ms(c),
+        ms(added)
+    );
+    verdict("terraform overhead", 150.0, ms(added), "ms", Better::Lower);
+    server.stop().await
+}
