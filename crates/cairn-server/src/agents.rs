@@ -621,9 +621,13 @@ pub async fn fail_run(state: &AppState, run_id: &str, reason: &str) {
 
 pub async fn end_lease(state: &AppState, worker_id: &str, lease_id: &str) -> Result<()> {
     state.agents.release(worker_id, lease_id);
+    let run_id = state.store.get_lease(lease_id).await.ok().map(|l| l.run_id);
     match state.store.delete_lease(lease_id).await {
         Ok(()) | Err(cairn_store::StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
+    }
+    if let Some(run_id) = run_id {
+        crate::state_backend::release_run_locks(state, &run_id).await;
     }
     state.wake_scheduler();
     Ok(())
@@ -664,6 +668,7 @@ async fn expire_leases(state: &AppState) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
         fail_run(state, &lease.run_id, "worker lost: lease expired").await;
+        crate::state_backend::release_run_locks(state, &lease.run_id).await;
     }
     Ok(())
 }
@@ -721,6 +726,7 @@ async fn lease_run(
     kind: apb::JobKind,
 ) -> Result<()> {
     let env = state.store.list_env_vars(&stack.id).await?;
+    let env = crate::state_backend::with_lease_env(state, run, stack, env)?;
     let workspace_key = match kind {
         apb::JobKind::Apply => state.artifacts.data_key(&state.master_key, &run.id).await?,
         _ => {

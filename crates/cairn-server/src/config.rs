@@ -21,6 +21,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Empty: SQLite at `<data_dir>/cairn.db`. `sqlite:<path>` or `postgres://…` otherwise.
     pub database_url: String,
+    /// How agents reach this server (`http://host:port`), used in the state backend address
+    /// handed to runs; `None` means `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// The largest Terraform state document the state backend accepts, in bytes.
+    pub state_max_bytes: u64,
     /// A lease whose last heartbeat is older than this fails its run ("worker lost").
     pub lease_timeout: Duration,
     /// How often agents are asked to heartbeat.
@@ -37,6 +42,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             data_dir: PathBuf::from(".cairn"),
             database_url: String::new(),
+            public_url: None,
+            state_max_bytes: crate::state_backend::DEFAULT_MAX_STATE_BYTES,
             lease_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             artifact_dir: None,
@@ -53,6 +60,8 @@ pub struct ConfigLayer {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub public_url: Option<String>,
+    pub state_max_bytes: Option<u64>,
     #[serde(default, with = "opt_duration")]
     pub lease_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -94,6 +103,8 @@ impl Config {
             listen,
             data_dir,
             database_url,
+            public_url,
+            state_max_bytes,
             lease_timeout,
             heartbeat_interval,
             artifact_dir,
@@ -107,6 +118,12 @@ impl Config {
         }
         if let Some(v) = database_url {
             self.database_url = v;
+        }
+        if let Some(v) = public_url {
+            self.public_url = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = state_max_bytes {
+            self.state_max_bytes = v;
         }
         if let Some(v) = lease_timeout {
             self.lease_timeout = v;
@@ -124,6 +141,18 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ServerError> {
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ServerError::Config(
+                    "public_url must start with http:// or https://".into(),
+                ));
+            }
+        }
+        if self.state_max_bytes == 0 {
+            return Err(ServerError::Config(
+                "state_max_bytes must be positive".into(),
+            ));
+        }
         if self.lease_timeout.is_zero() {
             return Err(ServerError::Config("lease_timeout must be positive".into()));
         }
@@ -168,8 +197,9 @@ impl ConfigLayer {
         toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))
     }
 
-    /// `CAIRN_LISTEN`, `CAIRN_DATA_DIR`, `CAIRN_DATABASE_URL`, `CAIRN_LEASE_TIMEOUT`,
-    /// `CAIRN_HEARTBEAT_INTERVAL`, `CAIRN_ARTIFACT_DIR`, `CAIRN_OTLP_ENDPOINT`.
+    /// `CAIRN_LISTEN`, `CAIRN_DATA_DIR`, `CAIRN_DATABASE_URL`, `CAIRN_PUBLIC_URL`,
+    /// `CAIRN_STATE_MAX_BYTES`, `CAIRN_LEASE_TIMEOUT`, `CAIRN_HEARTBEAT_INTERVAL`,
+    /// `CAIRN_ARTIFACT_DIR`, `CAIRN_OTLP_ENDPOINT`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<ConfigLayer, ServerError> {
         let get = |name: &str| env(name).filter(|v| !v.is_empty() || name.ends_with("_URL"));
         let parse_err = |name: &str, e: String| ServerError::Config(format!("{name}: {e}"));
@@ -182,6 +212,13 @@ impl ConfigLayer {
                 .transpose()?,
             data_dir: get("CAIRN_DATA_DIR").map(PathBuf::from),
             database_url: get("CAIRN_DATABASE_URL"),
+            public_url: env("CAIRN_PUBLIC_URL"),
+            state_max_bytes: get("CAIRN_STATE_MAX_BYTES")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| parse_err("CAIRN_STATE_MAX_BYTES", format!("{e}")))
+                })
+                .transpose()?,
             lease_timeout: get("CAIRN_LEASE_TIMEOUT")
                 .map(|v| parse_duration(&v).map_err(|e| parse_err("CAIRN_LEASE_TIMEOUT", e)))
                 .transpose()?,

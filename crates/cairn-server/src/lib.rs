@@ -22,6 +22,7 @@ pub mod hub;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod state_backend;
 
 pub use config::{Config, ConfigLayer};
 pub use error::ServerError;

@@ -194,7 +194,9 @@ impl Server {
             state.store.clone(),
             crate::auth::layer,
         ));
-        let http = axum::Router::new().route("/healthz", get(healthz));
+        let http = axum::Router::new()
+            .route("/healthz", get(healthz))
+            .merge(crate::state_backend::router(state.clone()));
         Ok(http.merge(grpc))
     }
 
@@ -207,6 +209,9 @@ impl Server {
     ) -> Result<()> {
         let router = self.router().await?;
         let addr = listener.local_addr().ok();
+        if let Some(addr) = addr {
+            self.state.state_backend.set_bound(addr);
+        }
         tracing::info!(addr = ?addr, "cairn server listening");
         let scheduler = tokio::spawn(crate::agents::scheduler(self.state.clone()));
         let token = self.state.shutdown.clone();

@@ -30,6 +30,7 @@ pub struct AppState {
     /// Wakes the scheduler: new runs, confirmations, ended leases, new agents.
     pub wake: Notify,
     pub shutdown: CancellationToken,
+    pub state_backend: crate::state_backend::StateBackend,
     /// Next log seq per active run; lines are numbered here so that agent lines and the
     /// server's own system lines share one sequence.
     log_seq: tokio::sync::Mutex<HashMap<String, i64>>,
@@ -54,6 +55,7 @@ impl AppState {
             master_key,
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
+            state_backend: Default::default(),
             log_seq: Default::default(),
             traceparents: Default::default(),
         }

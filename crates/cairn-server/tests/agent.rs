@@ -56,7 +56,14 @@ async fn tracked_run_plans_waits_for_confirmation_and_applies_the_stored_workspa
     assert_eq!(lease.project_root, "network");
     assert_eq!(lease.workspace_key.len(), 32);
     assert_eq!(lease.env.get("TF_VAR_password").unwrap(), "s3cr3t-value");
-    assert_eq!(lease.secret_names, vec!["TF_VAR_password".to_string()]);
+    // Terraform stacks also get the state backend's password, secret as well.
+    assert_eq!(
+        lease.secret_names,
+        vec![
+            "TF_VAR_password".to_string(),
+            "CAIRN_STATE_PASSWORD".to_string()
+        ]
+    );
     assert_eq!(lease.run_type(), pb::RunType::Tracked);
     s.wait_state(&run.id, pb::RunState::Preparing).await;
 
