@@ -451,19 +451,45 @@ impl Session {
             .delta
             .map(convert::delta_from)
             .unwrap_or_else(|| Delta::from_changes(&changes));
+        let verdict = match crate::policies::plan::after_plan(
+            &self.state,
+            &run,
+            &changes,
+            &delta,
+            r.no_op,
+            &r.plan_json,
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                // Without the plan policies' verdict the plan cannot be let through.
+                fail_run(
+                    &self.state,
+                    run_id,
+                    &format!("plan policies could not be evaluated: {e}"),
+                )
+                .await;
+                return self.end_lease(lease_id).await;
+            }
+        };
         let event = after_planning(PlanOutcome {
             run_type: run.run_type,
             no_op: r.no_op,
             autodeploy: kind == apb::JobKind::PlanAndApply,
-            denied: false,
-            warnings: false,
-            approval_policies: false,
+            denied: !verdict.denies.is_empty(),
+            warnings: !verdict.warnings.is_empty(),
+            approval_policies: verdict.approval_policies,
         });
         let patch = RunPatch {
             delta: Some(delta),
             changes: Some(changes),
             no_op: Some(r.no_op),
             plan_json: Some(r.plan_json),
+            policy_denies: Some(verdict.denies.clone()),
+            policy_warnings: Some(verdict.warnings.clone()),
+            flags: Some(verdict.flags.clone()),
+            error: verdict.error(),
             ..Default::default()
         };
         let run = match self.state.transition(run_id, event, "", patch).await {
@@ -621,7 +647,6 @@ pub async fn fail_run(state: &AppState, run_id: &str, reason: &str) {
 
 pub async fn end_lease(state: &AppState, worker_id: &str, lease_id: &str) -> Result<()> {
     state.agents.release(worker_id, lease_id);
-    let run_id = state.store.get_lease(lease_id).await.ok().map(|l| l.run_id);
     match state.store.delete_lease(lease_id).await {
         Ok(()) | Err(cairn_store::StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
@@ -678,6 +703,7 @@ async fn dispatch(state: &AppState) -> Result<()> {
         return Ok(());
     }
     let order = dispatch_order(state.store.dispatch_view().await?);
+    let policies = state.store.all_policies().await?;
     let mut stacks: HashMap<String, Option<Stack>> = HashMap::new();
     for run in order {
         if !stacks.contains_key(&run.stack_id) {
@@ -691,6 +717,9 @@ async fn dispatch(state: &AppState) -> Result<()> {
         let Some(Some(stack)) = stacks.get(&run.stack_id) else {
             continue;
         };
+        if !crate::policies::approval::may_dispatch(state, &policies, &run, stack).await? {
+            continue;
+        }
         let (event, kind) = match run.state {
             RunState::Queued | RunState::ReplanRequested => {
                 let autodeploy = stack.autodeploy && run.run_type == RunType::Tracked;

@@ -62,6 +62,16 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/cairn.v1.RunService/ReviewRun", R(Writer)),
     ("/cairn.v1.RunService/WatchRun", R(Reader)),
     ("/cairn.v1.RunService/GetRunLogs", R(Reader)),
+    ("/cairn.v1.PolicyService/CreatePolicy", R(Admin)),
+    ("/cairn.v1.PolicyService/UpdatePolicy", R(Admin)),
+    ("/cairn.v1.PolicyService/DeletePolicy", R(Admin)),
+    ("/cairn.v1.PolicyService/GetPolicy", R(Reader)),
+    ("/cairn.v1.PolicyService/ListPolicies", R(Reader)),
+    ("/cairn.v1.PolicyService/AttachPolicy", R(Admin)),
+    ("/cairn.v1.PolicyService/DetachPolicy", R(Admin)),
+    ("/cairn.v1.PolicyService/ListPolicySamples", R(Reader)),
+    // Evaluates caller-supplied code (bounded by the policy time budget): not for readers.
+    ("/cairn.v1.PolicyService/SimulatePolicy", R(Writer)),
     ("/cairn.v1.WorkerPoolService/CreateWorkerPool", R(Admin)),
     ("/cairn.v1.WorkerPoolService/ListWorkerPools", R(Reader)),
     ("/cairn.v1.WorkerPoolService/ListWorkers", R(Reader)),
@@ -189,6 +199,7 @@ mod tests {
             "cairn.v1.StackService",
             "cairn.v1.RunService",
             "cairn.v1.WorkerPoolService",
+            "cairn.v1.PolicyService",
             "cairn.agent.v1.AgentService",
         ];
         let mut n = 0;

@@ -34,6 +34,11 @@ pub struct Config {
     pub artifact_dir: Option<PathBuf>,
     /// OTLP/gRPC collector for traces; `None` exports nothing.
     pub otlp_endpoint: Option<String>,
+    /// Trigger policies create no more runs in a workflow that already has this many, so that
+    /// a policy retriggering itself cannot loop forever.
+    pub max_workflow_runs: u32,
+    /// Evaluation samples kept per policy (the newest).
+    pub policy_samples_kept: u32,
 }
 
 impl Default for Config {
@@ -48,6 +53,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(5),
             artifact_dir: None,
             otlp_endpoint: None,
+            max_workflow_runs: 100,
+            policy_samples_kept: 100,
         }
     }
 }
@@ -68,6 +75,8 @@ pub struct ConfigLayer {
     pub heartbeat_interval: Option<Duration>,
     pub artifact_dir: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
+    pub max_workflow_runs: Option<u32>,
+    pub policy_samples_kept: Option<u32>,
 }
 
 impl Config {
@@ -109,6 +118,8 @@ impl Config {
             heartbeat_interval,
             artifact_dir,
             otlp_endpoint,
+            max_workflow_runs,
+            policy_samples_kept,
         } = layer;
         if let Some(v) = listen {
             self.listen = v;
@@ -138,6 +149,12 @@ impl Config {
             // An empty value in a later layer switches export off again.
             self.otlp_endpoint = (!v.is_empty()).then_some(v);
         }
+        if let Some(v) = max_workflow_runs {
+            self.max_workflow_runs = v;
+        }
+        if let Some(v) = policy_samples_kept {
+            self.policy_samples_kept = v;
+        }
     }
 
     fn check(&self) -> Result<(), ServerError> {
@@ -159,6 +176,16 @@ impl Config {
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.lease_timeout {
             return Err(ServerError::Config(
                 "heartbeat_interval must be positive and shorter than lease_timeout".into(),
+            ));
+        }
+        if self.max_workflow_runs == 0 {
+            return Err(ServerError::Config(
+                "max_workflow_runs must be positive".into(),
+            ));
+        }
+        if self.policy_samples_kept == 0 {
+            return Err(ServerError::Config(
+                "policy_samples_kept must be positive".into(),
             ));
         }
         Ok(())
@@ -198,8 +225,9 @@ impl ConfigLayer {
     }
 
     /// `CAIRN_LISTEN`, `CAIRN_DATA_DIR`, `CAIRN_DATABASE_URL`, `CAIRN_PUBLIC_URL`,
-    /// `CAIRN_STATE_MAX_BYTES`, `CAIRN_LEASE_TIMEOUT`, `CAIRN_HEARTBEAT_INTERVAL`,
-    /// `CAIRN_ARTIFACT_DIR`, `CAIRN_OTLP_ENDPOINT`.
+    /// `CAIRN_STATE_MAX_BYTES`, `CAIRN_LEASE_TIMEOUT`,
+    /// `CAIRN_HEARTBEAT_INTERVAL`, `CAIRN_ARTIFACT_DIR`, `CAIRN_OTLP_ENDPOINT`,
+    /// `CAIRN_MAX_WORKFLOW_RUNS`, `CAIRN_POLICY_SAMPLES_KEPT`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<ConfigLayer, ServerError> {
         let get = |name: &str| env(name).filter(|v| !v.is_empty() || name.ends_with("_URL"));
         let parse_err = |name: &str, e: String| ServerError::Config(format!("{name}: {e}"));
@@ -227,6 +255,18 @@ impl ConfigLayer {
                 .transpose()?,
             artifact_dir: get("CAIRN_ARTIFACT_DIR").map(PathBuf::from),
             otlp_endpoint: env("CAIRN_OTLP_ENDPOINT"),
+            max_workflow_runs: get("CAIRN_MAX_WORKFLOW_RUNS")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| parse_err("CAIRN_MAX_WORKFLOW_RUNS", format!("{e}")))
+                })
+                .transpose()?,
+            policy_samples_kept: get("CAIRN_POLICY_SAMPLES_KEPT")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| parse_err("CAIRN_POLICY_SAMPLES_KEPT", format!("{e}")))
+                })
+                .transpose()?,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use cairn_core::Role;
 use cairn_proto::agent::v1::agent_service_server::AgentServiceServer;
+use cairn_proto::v1::policy_service_server::PolicyServiceServer;
 use cairn_proto::v1::run_service_server::RunServiceServer;
 use cairn_proto::v1::stack_service_server::StackServiceServer;
 use cairn_proto::v1::system_service_server::SystemServiceServer;
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::crypto::{write_secret_file, MasterKey};
 use crate::error::{Result, ServerError};
 use crate::services::agent::AgentSvc;
+use crate::services::policy::PolicySvc;
 use crate::services::run::RunSvc;
 use crate::services::stack::StackSvc;
 use crate::services::system::{create_api_key, SystemSvc};
@@ -148,6 +150,12 @@ impl Server {
         self.state.store.clone()
     }
 
+    /// The shared state, for in-process callers of server-internal functions (e.g.
+    /// [`crate::policies::push::handle_push`]).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// Binds `config.listen`.
     pub async fn bind(&self) -> Result<TcpListener> {
         let addr = self.state.config.listen;
@@ -167,6 +175,7 @@ impl Server {
             .set_serving::<WorkerPoolServiceServer<WorkerPoolSvc>>()
             .await;
         health.set_serving::<AgentServiceServer<AgentSvc>>().await;
+        health.set_serving::<PolicyServiceServer<PolicySvc>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -184,6 +193,9 @@ impl Server {
             state: state.clone(),
         }))
         .add_service(AgentServiceServer::new(AgentSvc {
+            state: state.clone(),
+        }))
+        .add_service(PolicyServiceServer::new(PolicySvc {
             state: state.clone(),
         }))
         .add_service(health_svc)
@@ -214,6 +226,7 @@ impl Server {
         }
         tracing::info!(addr = ?addr, "cairn server listening");
         let scheduler = tokio::spawn(crate::agents::scheduler(self.state.clone()));
+        let triggers = tokio::spawn(crate::policies::trigger::run_loop(self.state.clone()));
         let token = self.state.shutdown.clone();
         let stop = async move {
             shutdown.await;
@@ -227,6 +240,7 @@ impl Server {
         .await;
         self.state.shutdown.cancel();
         let _ = scheduler.await;
+        let _ = triggers.await;
         served.map_err(|e| ServerError::io("serving", e))
     }
 }

@@ -27,6 +27,8 @@ pub struct AppState {
     pub agents: Registry,
     pub artifacts: ArtifactStore,
     pub master_key: MasterKey,
+    /// Compiled policies and the trigger-policy queue.
+    pub policies: crate::policies::Policies,
     /// Wakes the scheduler: new runs, confirmations, ended leases, new agents.
     pub wake: Notify,
     pub shutdown: CancellationToken,
@@ -53,6 +55,7 @@ impl AppState {
             agents: Registry::default(),
             artifacts,
             master_key,
+            policies: Default::default(),
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
             state_backend: Default::default(),
@@ -76,6 +79,7 @@ impl AppState {
     ) -> Result<Run> {
         let run = cairn_store::transition(self.store.as_ref(), run_id, event, note, patch).await?;
         self.changed(&run).await;
+        self.policies.run_changed(&run);
         Ok(run)
     }
 

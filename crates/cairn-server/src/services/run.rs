@@ -2,7 +2,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use cairn_core::{
-    next_state, validate, Commit, CoreError, Principal, Review, Run, RunEvent, RunPatch, RunType,
+    next_state, validate, Commit, CoreError, Principal, Run, RunEvent, RunPatch, RunType,
 };
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::run_service_server::RunService;
@@ -99,8 +99,8 @@ impl RunSvc {
             self.state.remember_traceparent(&run.id, tp);
         }
         tracing::info!(run.id = %run.id, stack.id = %run.stack_id, run.type = run.run_type.as_str(), "run triggered");
-        self.state.wake_scheduler();
-        Ok(run)
+        crate::policies::after_run_created(&self.state, &run).await;
+        Ok(self.state.store.get_run(&run.id).await?)
     }
 
     async fn simple(&self, run_id: &str, event: RunEvent) -> Result<Run> {
@@ -159,30 +159,18 @@ impl RunSvc {
             .await
     }
 
-    async fn review(&self, p: &Principal, r: pb::ReviewRunRequest) -> Result<Run> {
+    async fn review(&self, c: &Caller, r: pb::ReviewRunRequest) -> Result<Run> {
         self.existing(&r.run_id).await?;
         validate::max_len("note", &r.note, 4096)?;
-        let login = p.login.clone();
-        self.state
-            .mutate_run(&r.run_id, |run, now| {
-                if run.state.is_terminal() {
-                    return Err(CoreError::FailedPrecondition(format!(
-                        "run is {}: reviews are closed",
-                        run.state
-                    )));
-                }
-                run.record_review(
-                    Review {
-                        login: login.clone(),
-                        approve: r.approve,
-                        note: r.note.clone(),
-                        timestamp: now,
-                    },
-                    now,
-                );
-                Ok(())
-            })
-            .await
+        crate::policies::approval::review(
+            &self.state,
+            &c.principal,
+            &c.ip,
+            &r.run_id,
+            r.approve,
+            &r.note,
+        )
+        .await
     }
 
     async fn logs(&self, r: pb::GetRunLogsRequest) -> Result<Vec<pb::LogLine>> {
@@ -357,9 +345,10 @@ impl RunService for RunSvc {
         &self,
         req: Request<pb::ConfirmRunRequest>,
     ) -> Result<Response<pb::ConfirmRunResponse>, Status> {
-        let run = self
-            .simple(&req.into_inner().run_id, RunEvent::Confirm)
-            .await?;
+        let run_id = req.into_inner().run_id;
+        let current = self.existing(&run_id).await?;
+        crate::policies::approval::check_confirm(&self.state, &current).await?;
+        let run = self.simple(&run_id, RunEvent::Confirm).await?;
         Ok(Response::new(pb::ConfirmRunResponse { run: reply(&run) }))
     }
 
@@ -412,8 +401,8 @@ impl RunService for RunSvc {
         &self,
         req: Request<pb::ReviewRunRequest>,
     ) -> Result<Response<pb::ReviewRunResponse>, Status> {
-        let p = caller(&req)?.principal.clone();
-        let run = self.review(&p, req.into_inner()).await?;
+        let c = caller(&req)?.clone();
+        let run = self.review(&c, req.into_inner()).await?;
         Ok(Response::new(pb::ReviewRunResponse { run: reply(&run) }))
     }
 

@@ -25,6 +25,7 @@ pub struct TestServer {
     pub admin: String,
     pub pool_token: String,
     pub channel: Channel,
+    pub state: std::sync::Arc<cairn_server::state::AppState>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -68,12 +69,24 @@ impl TestServer {
         lease_timeout: Duration,
         store: Option<std::sync::Arc<dyn cairn_store::Store>>,
     ) -> TestServer {
+        Self::start_configured(lease_timeout, store, |_| {}).await
+    }
+
+    /// Like [`TestServer::start_on`], with `tweak` applied to the configuration.
+    pub async fn start_configured(
+        lease_timeout: Duration,
+        store: Option<std::sync::Arc<dyn cairn_store::Store>>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut builder = Server::builder(config(dir.path(), lease_timeout));
+        let mut cfg = config(dir.path(), lease_timeout);
+        tweak(&mut cfg);
+        let mut builder = Server::builder(cfg);
         if let Some(store) = store {
             builder = builder.store(store);
         }
         let server = builder.build().await.unwrap();
+        let state = server.state();
         let listener = server.bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -102,6 +115,7 @@ impl TestServer {
             pool_token: read("default-pool.token"),
             dir,
             channel,
+            state,
             stop: Some(stop),
             handle: Some(handle),
         }
@@ -131,6 +145,13 @@ impl TestServer {
 
     pub fn system(&self, key: Option<&str>) -> SystemServiceClient<Authed> {
         SystemServiceClient::new(self.authed(key))
+    }
+
+    pub fn policies(
+        &self,
+        key: &str,
+    ) -> cairn_proto::v1::policy_service_client::PolicyServiceClient<Authed> {
+        cairn_proto::v1::policy_service_client::PolicyServiceClient::new(self.authed(Some(key)))
     }
 
     pub fn pools(&self, key: &str) -> WorkerPoolServiceClient<Authed> {
