@@ -3,10 +3,14 @@
 //! One implementation, two binaries: `cairn-runner-terraform` runs `terraform` (or
 //! `$CAIRN_TERRAFORM_BIN`), `cairn-runner-opentofu` runs `tofu` (or `$CAIRN_TOFU_BIN`).
 //!
+//! When the lease carries Cairn's state backend (`CAIRN_STATE_ADDRESS`), [`backend`] points
+//! Terraform at it: an `http` backend override file and `init -reconfigure` with its settings.
+//!
 //! Plan: `init`, `plan -out=<project>/.cairn/plan.tfplan -detailed-exitcode -json`, then
 //! `show -json` of the plan file, parsed by [`parse::parse_plan`]. Apply: `apply -json` of that
 //! plan file, then `output -json`.
 
+pub mod backend;
 pub mod parse;
 
 use std::collections::HashMap;
@@ -125,6 +129,8 @@ struct Session<'a, T: RunnerEvent> {
     sink: &'a EventSink<T>,
     dir: PathBuf,
     env: HashMap<String, String>,
+    /// Cairn's state backend, when the lease hands one out.
+    backend: Option<backend::HttpBackend>,
 }
 
 impl<T: RunnerEvent> Session<'_, T> {
@@ -172,7 +178,18 @@ impl<T: RunnerEvent> Session<'_, T> {
 
     async fn init(&self) -> Result<StepResult, Error> {
         self.sink.phase(Phase::Initializing).await?;
-        self.run_plain(&["init", "-input=false", "-no-color"]).await
+        let Some(b) = &self.backend else {
+            return self.run_plain(&["init", "-input=false", "-no-color"]).await;
+        };
+        let secret = b
+            .prepare(&self.dir)
+            .map_err(cairn_runner_sdk::Error::from)?;
+        let args = b.init_args(&secret);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let step = self.run_plain(&args).await;
+        // The password file is only needed by init (Terraform keeps the settings in .terraform).
+        let _ = std::fs::remove_file(&secret);
+        step
     }
 
     /// `plan` into [`PLAN_FILE`]; `Ok(Ok(()))` whether or not something changes.
@@ -243,6 +260,7 @@ impl TfRunner {
             sink,
             dir: project_dir(&ws),
             env: vendor_env(&ws),
+            backend: backend::HttpBackend::from_env(&ws.env),
         };
         let failed = |error: String| PlanResult {
             success: false,
@@ -290,6 +308,7 @@ impl TfRunner {
             sink,
             dir: project_dir(&ws),
             env: vendor_env(&ws),
+            backend: backend::HttpBackend::from_env(&ws.env),
         };
         let failed = |error: String| ApplyResult {
             success: false,
