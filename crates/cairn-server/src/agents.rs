@@ -647,6 +647,7 @@ pub async fn fail_run(state: &AppState, run_id: &str, reason: &str) {
 
 pub async fn end_lease(state: &AppState, worker_id: &str, lease_id: &str) -> Result<()> {
     state.agents.release(worker_id, lease_id);
+    let run_id = state.store.get_lease(lease_id).await.ok().map(|l| l.run_id);
     match state.store.delete_lease(lease_id).await {
         Ok(()) | Err(cairn_store::StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
