@@ -113,13 +113,15 @@ impl Tf {
     }
 
     /// What runner-tf does: the backend override file and `init -reconfigure` with the lease's
-    /// backend settings on the command line.
+    /// backend settings on the command line, the password in a `-backend-config` file.
     async fn init(&self, dir: &Path, c: &Creds) {
         std::fs::write(
             dir.join("cairn_backend_override.tf"),
             "terraform {\n  backend \"http\" {}\n}\n",
         )
         .unwrap();
+        let secret = dir.join("backend-password.hcl");
+        std::fs::write(&secret, format!("password = \"{}\"\n", c.password)).unwrap();
         let args = [
             "init".to_string(),
             "-input=false".into(),
@@ -129,10 +131,11 @@ impl Tf {
             format!("-backend-config=lock_address={}", c.address),
             format!("-backend-config=unlock_address={}", c.address),
             format!("-backend-config=username={}", c.username),
-            format!("-backend-config=password={}", c.password),
+            format!("-backend-config={}", secret.display()),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ok(dir, &args).await;
+        std::fs::remove_file(&secret).unwrap();
     }
 }
 
