@@ -16,6 +16,7 @@ use cairn_core::{
     ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Role, Run, Stack, Worker,
     WorkerPool,
 };
+use cairn_store::{GitRefRecord, VcsEventRecord, VcsIntegration};
 use cairn_store::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
 use cairn_store::{
     Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
@@ -30,6 +31,8 @@ use sqlx::Row;
 
 mod policy;
 mod tfstate;
+mod notify;
+mod vcs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -1011,6 +1014,88 @@ impl Store for SqliteStore {
 
     async fn run_approval(&self, run_id: &str, state: &str) -> Result<Option<String>> {
         self.approval_get(run_id, state).await
+    }
+
+    async fn create_vcs_integration(&self, integration: VcsIntegration) -> Result<VcsIntegration> {
+        self.vcs_create_integration(integration).await
+    }
+
+    async fn get_vcs_integration(&self, id: &str) -> Result<VcsIntegration> {
+        self.vcs_get_integration(id).await
+    }
+
+    async fn list_vcs_integrations(&self) -> Result<Vec<VcsIntegration>> {
+        self.vcs_list_integrations().await
+    }
+
+    async fn add_vcs_event(&self, event: VcsEventRecord) -> Result<VcsEventRecord> {
+        self.vcs_add_event(event).await
+    }
+
+    async fn get_vcs_event_by_delivery(
+        &self,
+        integration_id: &str,
+        delivery_id: &str,
+    ) -> Result<VcsEventRecord> {
+        self.vcs_event_by_delivery(integration_id, delivery_id)
+            .await
+    }
+
+    async fn unprocessed_vcs_events(&self) -> Result<Vec<VcsEventRecord>> {
+        self.vcs_unprocessed_events().await
+    }
+
+    async fn mark_vcs_event_processed(&self, id: &str, at: Nanos, result: &str) -> Result<()> {
+        self.vcs_mark_processed(id, at, result).await
+    }
+
+    async fn git_refs(&self, repository: &str) -> Result<Vec<GitRefRecord>> {
+        self.vcs_git_refs(repository).await
+    }
+
+    async fn set_git_refs(&self, repository: &str, refs: &[GitRefRecord]) -> Result<()> {
+        self.vcs_set_git_refs(repository, refs).await
+    }
+
+    async fn create_webhook(&self, webhook: cairn_store::WebhookRecord) -> Result<cairn_store::WebhookRecord> {
+        self.notify_create_webhook(webhook).await
+    }
+
+    async fn get_webhook(&self, id: &str) -> Result<cairn_store::WebhookRecord> {
+        self.notify_get_webhook(id).await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<cairn_store::WebhookRecord>> {
+        self.notify_list_webhooks().await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<()> {
+        self.notify_delete_webhook(id).await
+    }
+
+    async fn put_webhook_delivery(&self, delivery: cairn_store::DeliveryRecord, keep: u32) -> Result<()> {
+        self.notify_put_delivery(delivery, keep).await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: u32,
+    ) -> Result<Vec<cairn_store::DeliveryRecord>> {
+        self.notify_list_deliveries(webhook_id, limit).await
+    }
+
+    async fn pr_comment_id(&self, stack_id: &str, pull_request: i64) -> Result<Option<i64>> {
+        self.notify_pr_comment(stack_id, pull_request).await
+    }
+
+    async fn set_pr_comment_id(
+        &self,
+        stack_id: &str,
+        pull_request: i64,
+        comment_id: i64,
+    ) -> Result<()> {
+        self.notify_set_pr_comment(stack_id, pull_request, comment_id).await
     }
 }
 

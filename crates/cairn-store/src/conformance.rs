@@ -25,6 +25,10 @@ use crate::{transition, Page, PolicyRecord, PolicySample, ReviewRecord, Store, S
 
 mod tfstate;
 pub use tfstate::*;
+mod vcs;
+pub use vcs::*;
+mod notify;
+pub use notify::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. The first argument is an expression
 /// that can be called with no arguments and returns a future of `Arc<dyn Store>`; it is called
@@ -59,6 +63,8 @@ macro_rules! conformance_tests {
             policies_crud_attachments_and_versions,
             policy_samples_are_bounded_and_newest_first,
             reviews_and_approval_outcomes,
+            vcs_integrations_events_and_refs,
+            webhooks_deliveries_and_pr_comments,
         );
     };
     (@cases $factory:expr; $skip:expr; $($case:ident),* $(,)?) => {

@@ -14,9 +14,13 @@ use cairn_core::{
 
 pub mod bench;
 pub mod conformance;
+pub mod notify;
 pub mod tfstate;
+pub mod vcs;
 
+pub use notify::{DeliveryRecord, WebhookRecord};
 pub use tfstate::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
+pub use vcs::{GitRefRecord, VcsEventRecord, VcsIntegration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -219,6 +223,53 @@ pub trait Store: Send + Sync + 'static {
     /// outcome for that state).
     async fn set_run_approval(&self, run_id: &str, state: &str, outcome: &str) -> Result<()>;
     async fn run_approval(&self, run_id: &str, state: &str) -> Result<Option<String>>;
+
+    // VCS integrations (AlreadyExists on a taken id), listed by id.
+    async fn create_vcs_integration(&self, integration: VcsIntegration) -> Result<VcsIntegration>;
+    async fn get_vcs_integration(&self, id: &str) -> Result<VcsIntegration>;
+    async fn list_vcs_integrations(&self) -> Result<Vec<VcsIntegration>>;
+
+    // Received deliveries. AlreadyExists (id = the delivery id) when the integration already
+    // has a delivery with this id: the caller answers "duplicate" and does nothing.
+    async fn add_vcs_event(&self, event: VcsEventRecord) -> Result<VcsEventRecord>;
+    async fn get_vcs_event_by_delivery(
+        &self,
+        integration_id: &str,
+        delivery_id: &str,
+    ) -> Result<VcsEventRecord>;
+    /// Events not yet marked processed, oldest first.
+    async fn unprocessed_vcs_events(&self) -> Result<Vec<VcsEventRecord>>;
+    async fn mark_vcs_event_processed(&self, id: &str, at: Nanos, result: &str) -> Result<()>;
+
+    // Refs last seen by the plain-Git poller, per repository (URL or path), ordered by name.
+    async fn git_refs(&self, repository: &str) -> Result<Vec<GitRefRecord>>;
+    /// Replaces every ref stored for `repository`.
+    async fn set_git_refs(&self, repository: &str, refs: &[GitRefRecord]) -> Result<()>;
+
+    // Outgoing webhooks (AlreadyExists on a taken id), listed by id. Deleting one (NotFound
+    // when absent) deletes its deliveries.
+    async fn create_webhook(&self, webhook: WebhookRecord) -> Result<WebhookRecord>;
+    async fn get_webhook(&self, id: &str) -> Result<WebhookRecord>;
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>>;
+    async fn delete_webhook(&self, id: &str) -> Result<()>;
+    /// Inserts or replaces a delivery (by id); NotFound when its webhook is gone. Only the
+    /// newest `keep` deliveries of the webhook are kept.
+    async fn put_webhook_delivery(&self, delivery: DeliveryRecord, keep: u32) -> Result<()>;
+    /// The newest `limit` deliveries of a webhook first.
+    async fn list_webhook_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>>;
+
+    // The provider comment id of the pull-request comment Cairn keeps for a stack.
+    async fn pr_comment_id(&self, stack_id: &str, pull_request: i64) -> Result<Option<i64>>;
+    async fn set_pr_comment_id(
+        &self,
+        stack_id: &str,
+        pull_request: i64,
+        comment_id: i64,
+    ) -> Result<()>;
 }
 
 /// A stored Rego policy.
