@@ -146,6 +146,9 @@ pub struct DevArgs {
     /// Directory holding runner plugins (default: next to this binary)
     #[arg(long, value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
+    /// Do not set up the demo repository and stacks on the first start
+    #[arg(long)]
+    pub no_demo: bool,
 }
 
 /// `cairn login` takes the server from --server (or CAIRN_SERVER) and the key from

@@ -231,6 +231,13 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
         agent_stop.cancelled().await
     }));
 
+    if !args.no_demo {
+        tokio::select! {
+            () = demo(&url, &data_dir) => {}
+            () = token.cancelled() => {}
+        }
+    }
+
     // Whichever ends first (a signal, or one half failing) stops the other half too.
     let (server_res, agent_res) = tokio::select! {
         r = &mut server_task => {
@@ -247,6 +254,43 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
     agent_res.map_err(joined)?.map_err(agent_err)?;
     eprintln!("cairn dev stopped");
     Ok(())
+}
+
+/// Sets the demo up on the first start; a failure is reported and dev keeps running, since the
+/// server and agent are useful without it.
+async fn demo(url: &str, data_dir: &Path) {
+    let c = stdout_color();
+    let tools = crate::demo::tools_dir();
+    let caps = crate::demo::Capabilities::detect(&tools);
+    if data_dir.join(crate::demo::DEMO_DIR).exists() {
+        println!(
+            "Demo repository: {} (push there to trigger runs)",
+            data_dir.join(crate::demo::DEMO_DIR).join("infra").display()
+        );
+        return;
+    }
+    if !caps.terraform {
+        println!(
+            "{}: no Terraform test provider in {} (run `cargo xtask provision`, or set CAIRN_TOOLS_DIR), so the Terraform demo stacks network and app are left out",
+            paint("demo", Color::Yellow, c),
+            tools.display()
+        );
+        if !caps.ansible {
+            println!("demo: ansible-playbook is not on PATH either: no demo stacks are created");
+            return;
+        }
+    }
+    match crate::demo::ensure(url, data_dir, caps).await {
+        Ok(crate::demo::Outcome::Created { stacks }) => {
+            println!();
+            print!("{}", crate::demo::try_this(data_dir, &stacks));
+        }
+        Ok(crate::demo::Outcome::AlreadyThere) => {}
+        Err(e) => println!(
+            "{}: {e} (dev keeps running; the demo is retried on the next start, or pass --no-demo)",
+            paint("demo setup failed", Color::Red, c)
+        ),
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, CliError> {

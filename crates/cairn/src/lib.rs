@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod daemon;
+pub mod demo;
 pub mod error;
 pub mod json;
 pub mod output;

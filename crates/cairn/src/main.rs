@@ -7,6 +7,10 @@ fn main() {
     if cli.command.is_client_verb() {
         quiet_broken_pipe();
     }
+    if let cairn::cli::Command::Dev(_) = &cli.command {
+        // Before the runtime exists: the environment may only change while single-threaded.
+        cairn::demo::apply_tool_env(&cairn::demo::tools_dir());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
