@@ -23,9 +23,9 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+mod notify;
 mod policy;
 mod tfstate;
-mod notify;
 mod vcs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -1073,7 +1073,10 @@ impl Store for PostgresStore {
         self.vcs_set_git_refs(repository, refs).await
     }
 
-    async fn create_webhook(&self, webhook: cairn_store::WebhookRecord) -> Result<cairn_store::WebhookRecord> {
+    async fn create_webhook(
+        &self,
+        webhook: cairn_store::WebhookRecord,
+    ) -> Result<cairn_store::WebhookRecord> {
         self.notify_create_webhook(webhook).await
     }
 
@@ -1089,7 +1092,11 @@ impl Store for PostgresStore {
         self.notify_delete_webhook(id).await
     }
 
-    async fn put_webhook_delivery(&self, delivery: cairn_store::DeliveryRecord, keep: u32) -> Result<()> {
+    async fn put_webhook_delivery(
+        &self,
+        delivery: cairn_store::DeliveryRecord,
+        keep: u32,
+    ) -> Result<()> {
         self.notify_put_delivery(delivery, keep).await
     }
 
@@ -1111,7 +1118,8 @@ impl Store for PostgresStore {
         pull_request: i64,
         comment_id: i64,
     ) -> Result<()> {
-        self.notify_set_pr_comment(stack_id, pull_request, comment_id).await
+        self.notify_set_pr_comment(stack_id, pull_request, comment_id)
+            .await
     }
 }
 

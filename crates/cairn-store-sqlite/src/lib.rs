@@ -29,9 +29,9 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
+mod notify;
 mod policy;
 mod tfstate;
-mod notify;
 mod vcs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -1057,7 +1057,10 @@ impl Store for SqliteStore {
         self.vcs_set_git_refs(repository, refs).await
     }
 
-    async fn create_webhook(&self, webhook: cairn_store::WebhookRecord) -> Result<cairn_store::WebhookRecord> {
+    async fn create_webhook(
+        &self,
+        webhook: cairn_store::WebhookRecord,
+    ) -> Result<cairn_store::WebhookRecord> {
         self.notify_create_webhook(webhook).await
     }
 
@@ -1073,7 +1076,11 @@ impl Store for SqliteStore {
         self.notify_delete_webhook(id).await
     }
 
-    async fn put_webhook_delivery(&self, delivery: cairn_store::DeliveryRecord, keep: u32) -> Result<()> {
+    async fn put_webhook_delivery(
+        &self,
+        delivery: cairn_store::DeliveryRecord,
+        keep: u32,
+    ) -> Result<()> {
         self.notify_put_delivery(delivery, keep).await
     }
 
@@ -1095,7 +1102,8 @@ impl Store for SqliteStore {
         pull_request: i64,
         comment_id: i64,
     ) -> Result<()> {
-        self.notify_set_pr_comment(stack_id, pull_request, comment_id).await
+        self.notify_set_pr_comment(stack_id, pull_request, comment_id)
+            .await
     }
 }
 
