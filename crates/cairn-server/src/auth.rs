@@ -72,6 +72,11 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/cairn.v1.PolicyService/ListPolicySamples", R(Reader)),
     // Evaluates caller-supplied code (bounded by the policy time budget): not for readers.
     ("/cairn.v1.PolicyService/SimulatePolicy", R(Writer)),
+    // Webhook URLs and secrets reach outside: admins only; the log is operational data.
+    ("/cairn.v1.NotificationService/CreateWebhook", R(Admin)),
+    ("/cairn.v1.NotificationService/ListWebhooks", R(Reader)),
+    ("/cairn.v1.NotificationService/DeleteWebhook", R(Admin)),
+    ("/cairn.v1.NotificationService/ListDeliveries", R(Reader)),
     ("/cairn.v1.WorkerPoolService/CreateWorkerPool", R(Admin)),
     ("/cairn.v1.WorkerPoolService/ListWorkerPools", R(Reader)),
     ("/cairn.v1.WorkerPoolService/ListWorkers", R(Reader)),

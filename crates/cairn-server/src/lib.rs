@@ -19,6 +19,7 @@ pub mod convert;
 pub mod crypto;
 pub mod error;
 pub mod hub;
+pub mod notify;
 pub mod policies;
 pub mod server;
 pub mod services;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use cairn_core::Role;
 use cairn_proto::agent::v1::agent_service_server::AgentServiceServer;
+use cairn_proto::v1::notification_service_server::NotificationServiceServer;
 use cairn_proto::v1::policy_service_server::PolicyServiceServer;
 use cairn_proto::v1::run_service_server::RunServiceServer;
 use cairn_proto::v1::stack_service_server::StackServiceServer;
@@ -19,6 +20,7 @@ use crate::artifacts::ArtifactStore;
 use crate::config::Config;
 use crate::crypto::{write_secret_file, MasterKey};
 use crate::error::{Result, ServerError};
+use crate::notify::service::NotificationSvc;
 use crate::services::agent::AgentSvc;
 use crate::services::policy::PolicySvc;
 use crate::services::run::RunSvc;
@@ -176,6 +178,9 @@ impl Server {
             .await;
         health.set_serving::<AgentServiceServer<AgentSvc>>().await;
         health.set_serving::<PolicyServiceServer<PolicySvc>>().await;
+        health
+            .set_serving::<NotificationServiceServer<NotificationSvc>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -196,6 +201,9 @@ impl Server {
             state: state.clone(),
         }))
         .add_service(PolicyServiceServer::new(PolicySvc {
+            state: state.clone(),
+        }))
+        .add_service(NotificationServiceServer::new(NotificationSvc {
             state: state.clone(),
         }))
         .add_service(health_svc)
@@ -227,6 +235,7 @@ impl Server {
         tracing::info!(addr = ?addr, "cairn server listening");
         let scheduler = tokio::spawn(crate::agents::scheduler(self.state.clone()));
         let triggers = tokio::spawn(crate::policies::trigger::run_loop(self.state.clone()));
+        let notifications = tokio::spawn(crate::notify::run_loop(self.state.clone()));
         let token = self.state.shutdown.clone();
         let stop = async move {
             shutdown.await;
@@ -241,6 +250,7 @@ impl Server {
         self.state.shutdown.cancel();
         let _ = scheduler.await;
         let _ = triggers.await;
+        let _ = notifications.await;
         served.map_err(|e| ServerError::io("serving", e))
     }
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Config,
     pub hub: Hub,
+    /// Commit statuses, pull-request comments and webhooks for run changes.
+    pub notifier: crate::notify::Notifier,
     pub agents: Registry,
     pub artifacts: ArtifactStore,
     pub master_key: MasterKey,
@@ -52,6 +54,7 @@ impl AppState {
             store,
             config,
             hub: Hub::default(),
+            notifier: Default::default(),
             agents: Registry::default(),
             artifacts,
             master_key,
@@ -96,6 +99,7 @@ impl AppState {
     async fn changed(&self, run: &Run) {
         tracing::info!(run.id = %run.id, stack.id = %run.stack_id, run.state = %run.state, "run changed");
         self.hub.publish_run(run);
+        self.notifier.run_changed(run);
         if run.run_type.is_blocking() {
             let state = run.state.as_str().to_string();
             let res = self
