@@ -103,6 +103,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(
+        "no decision from the control plane within {0:?} after the plan; the plan was not applied"
+    )]
+    NoDecision(std::time::Duration),
+
     #[error("the agent shut down while the job was running")]
     ShuttingDown,
 

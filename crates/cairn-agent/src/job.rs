@@ -3,12 +3,12 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::agent::v1::agent_service_client::AgentServiceClient;
 use cairn_proto::agent::v1::{
     job_event, DownloadWorkspaceRequest, JobEvent, JobFailed, JobKind, JobStopped, Lease,
-    UploadWorkspaceRequest, WorkspaceStored,
+    ProceedJob, UploadWorkspaceRequest, WorkspaceStored,
 };
 use cairn_proto::runner::v1::{
     apply_response, plan_response, ApplyRequest, ApplyResult, DescribeRequest, PhaseEvent,
@@ -16,7 +16,7 @@ use cairn_proto::runner::v1::{
 };
 use cairn_proto::v1::{LogLine, LogStream, Phase};
 use cairn_runner_sdk::{LaunchOptions, PluginHandle, Redactor};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
@@ -58,14 +58,53 @@ pub(crate) enum StopCause {
 pub(crate) struct JobControl {
     pub cancel: CancellationToken,
     pub cause: Mutex<Option<StopCause>>,
+    /// The control plane's ProceedJob for a PLAN_AND_APPLY job; it may arrive before the job
+    /// starts waiting for it, so it is kept here rather than passed to a waiting task.
+    decision: Mutex<Option<ProceedJob>>,
+    decided: Notify,
+    /// How long a PLAN_AND_APPLY job waits for ProceedJob after its plan: the lease timeout,
+    /// after which the control plane would have given the lease up anyway.
+    decision_timeout: Duration,
 }
 
 impl JobControl {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(decision_timeout: Duration) -> Self {
         Self {
             cancel: CancellationToken::new(),
             cause: Mutex::new(None),
+            decision: Mutex::new(None),
+            decided: Notify::new(),
+            decision_timeout,
         }
+    }
+
+    /// Records the control plane's decision; the first one counts (a re-sent copy after a
+    /// reconnect changes nothing).
+    pub(crate) fn decide(&self, proceed: ProceedJob) {
+        self.decision
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(proceed);
+        self.decided.notify_one();
+    }
+
+    async fn decision(&self) -> Result<ProceedJob> {
+        let wait = async {
+            loop {
+                if let Some(d) = self
+                    .decision
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                {
+                    return d;
+                }
+                self.decided.notified().await;
+            }
+        };
+        tokio::time::timeout(self.decision_timeout, wait)
+            .await
+            .map_err(|_| Error::NoDecision(self.decision_timeout))
     }
 
     pub(crate) fn stop(&self, cause: StopCause) {
@@ -141,7 +180,7 @@ pub(crate) async fn run(
         tracing::info!("job started");
         let mut plugin: Option<PluginHandle> = None;
         let outcome = tokio::select! {
-            r = job.execute(&mut plugin) => r,
+            r = job.execute(&mut plugin, &control) => r,
             () = control.cancel.cancelled() => Err(match control.cause() {
                 StopCause::Cancelled => Error::Stopped,
                 StopCause::Shutdown => Error::ShuttingDown,
@@ -249,7 +288,11 @@ impl Job {
         }
     }
 
-    async fn execute(&mut self, plugin: &mut Option<PluginHandle>) -> Result<()> {
+    async fn execute(
+        &mut self,
+        plugin: &mut Option<PluginHandle>,
+        control: &JobControl,
+    ) -> Result<()> {
         self.advance(Phase::Preparing);
         remove_dir(&self.dir).await;
         tokio::fs::create_dir_all(&self.dir)
@@ -266,7 +309,7 @@ impl Job {
                 let result = self.plan(&tree, &commit, plugin, false).await?;
                 // A failed plan has nothing to apply; a no-op plan finishes the run.
                 if result.success && !result.no_op {
-                    self.apply(&tree, plugin).await?;
+                    self.proceed(&tree, plugin, control).await?;
                 }
             }
             JobKind::Apply => {
@@ -276,6 +319,41 @@ impl Job {
             JobKind::Unspecified => {
                 return Err(Error::InvalidLease("the lease has no job kind".into()))
             }
+        }
+        Ok(())
+    }
+
+    /// After the plan of a PLAN_AND_APPLY job: the control plane, not the agent, decides
+    /// whether it is applied (plan policies, autodeploy and stop requests weigh in there).
+    async fn proceed(
+        &mut self,
+        tree: &Path,
+        plugin: &mut Option<PluginHandle>,
+        control: &JobControl,
+    ) -> Result<()> {
+        self.system("Waiting for the control plane to decide whether to apply the plan");
+        let decision = control.decision().await?;
+        let reason = if decision.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", decision.reason)
+        };
+        if decision.apply {
+            self.system(&format!("Applying the plan{reason}"));
+            self.apply(tree, plugin).await?;
+        } else if decision.upload_workspace {
+            self.system(&format!(
+                "Not applying{reason}: keeping the workspace for a later apply"
+            ));
+            if self.lease.workspace_key.is_empty() {
+                return Err(Error::InvalidLease(
+                    "the control plane asked for a workspace upload but the lease has no workspace key"
+                        .into(),
+                ));
+            }
+            self.upload(tree).await?;
+        } else {
+            self.system(&format!("Not applying{reason}"));
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ use crate::{Config, Error, Result};
 
 /// Used when the control plane does not say how often to heartbeat.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Used when the control plane does not say after how long it gives up a silent lease.
+const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the control plane may take to close the stream after the agent closed its half.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the control plane may take to answer Register.
@@ -326,6 +328,10 @@ impl Agent {
             .ok()
             .filter(|ms| *ms > 0)
             .map_or(DEFAULT_HEARTBEAT, Duration::from_millis);
+        let lease_timeout = u64::try_from(registered.lease_timeout_ms)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map_or(DEFAULT_LEASE_TIMEOUT, Duration::from_millis);
         tracing::info!(
             worker.id = %registered.worker_id,
             pool.id = %registered.pool_id,
@@ -338,8 +344,19 @@ impl Agent {
                 why,
             })
         };
-        // The first heartbeat tells a restarted control plane which leases survived.
-        let mut heartbeat = tokio::time::interval(interval);
+        // The first heartbeat tells the control plane which jobs are still running, so that it
+        // re-adopts their leases for this session before any of their (queued) events arrive:
+        // events of a lease it does not know make it cancel the job.
+        let beat = SessionRequest {
+            message: Some(session_request::Message::Heartbeat(Heartbeat {
+                lease_ids: self.lease_ids(),
+            })),
+        };
+        if tx.send(beat).await.is_err() {
+            return broken("outgoing stream closed".into());
+        }
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
         let mut drain_deadline = None;
@@ -411,7 +428,7 @@ impl Agent {
                             if draining {
                                 self.refuse(&lease, "the agent is shutting down");
                             } else {
-                                self.start(lease);
+                                self.start(lease, lease_timeout);
                             }
                         }
                         Some(session_response::Message::Cancel(cancel)) => {
@@ -435,6 +452,29 @@ impl Agent {
                                 ),
                             }
                         }
+                        Some(session_response::Message::Proceed(proceed)) => {
+                            let control = self
+                                .jobs
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get(&proceed.lease_id)
+                                .cloned();
+                            match control {
+                                Some(control) => {
+                                    tracing::info!(
+                                        lease.id = %proceed.lease_id,
+                                        apply = proceed.apply,
+                                        upload = proceed.upload_workspace,
+                                        "decision after the plan: {}", proceed.reason
+                                    );
+                                    control.decide(proceed);
+                                }
+                                None => tracing::debug!(
+                                    lease.id = %proceed.lease_id,
+                                    "decision for a job this agent does not run"
+                                ),
+                            }
+                        }
                         Some(session_response::Message::Registered(_)) | None => {}
                     },
                     Ok(None) => return broken("the control plane closed the stream".into()),
@@ -455,8 +495,8 @@ impl Agent {
         });
     }
 
-    fn start(&self, lease: Lease) {
-        let control = Arc::new(JobControl::new());
+    fn start(&self, lease: Lease, decision_timeout: Duration) {
+        let control = Arc::new(JobControl::new(decision_timeout));
         {
             let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
             if jobs.contains_key(&lease.lease_id) {

@@ -150,6 +150,26 @@ async fn plan_and_apply_runs_in_one_work_tree() {
     plane
         .send_lease(lease("both-1", "run-2", JobKind::PlanAndApply, &repo, ""))
         .await;
+    plane
+        .wait_event("both-1", "the plan result", |e| match e {
+            job_event::Event::PlanResult(r) => Some(r.success),
+            _ => None,
+        })
+        .await;
+    plane
+        .wait_event("both-1", "the wait for the decision", |e| match e {
+            job_event::Event::Log(l) if l.message.starts_with("Waiting for the control plane") => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    // Without the control plane's decision nothing is applied.
+    assert_eq!(
+        phases(&plane.events("both-1")),
+        [Phase::Preparing, Phase::Initializing, Phase::Planning]
+    );
+    plane.proceed("both-1", true, false).await;
     let end = plane.wait_end("both-1", JobKind::PlanAndApply).await;
     let job_event::Event::ApplyResult(applied) = end else {
         panic!("{:?}", plane.events("both-1"));
@@ -175,6 +195,139 @@ async fn plan_and_apply_runs_in_one_work_tree() {
         .logs("both-1")
         .iter()
         .any(|l| l.message.contains(&sha)));
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn plan_and_apply_without_apply_uploads_when_asked_and_the_workspace_applies_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let work = tmp.path().join("work");
+    let agent = Agent::spawn(config(&plane, &work));
+
+    // The run now needs confirmation: upload, report workspace_stored, end without applying.
+    let mut both = lease("hold-1", "run-h", JobKind::PlanAndApply, &repo, &sha);
+    both.upload_workspace = true;
+    plane.send_lease(both).await;
+    plane
+        .wait_event("hold-1", "the plan result", |e| match e {
+            job_event::Event::PlanResult(r) if r.success => Some(()),
+            _ => None,
+        })
+        .await;
+    plane.proceed("hold-1", false, true).await;
+    let stored = plane
+        .wait_event("hold-1", "the stored workspace", |e| match e {
+            job_event::Event::WorkspaceStored(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await;
+    plane.wait_released("hold-1").await;
+    let events = plane.events("hold-1");
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            job_event::Event::ApplyResult(_) | job_event::Event::Failed(_)
+        )),
+        "{events:?}"
+    );
+    assert_eq!(
+        phases(&events),
+        [Phase::Preparing, Phase::Initializing, Phase::Planning]
+    );
+    let result_at = position(&events, |e| matches!(e, job_event::Event::PlanResult(_)));
+    let stored_at = position(&events, |e| {
+        matches!(e, job_event::Event::WorkspaceStored(_))
+    });
+    assert!(
+        result_at < stored_at,
+        "the decision follows the plan result"
+    );
+    assert!(!work
+        .join("jobs/hold-1/tree/infra/.testecho-applied")
+        .exists());
+
+    // Confirmed later: an APPLY lease restores that workspace and applies the same plan.
+    let mut apply = lease("hold-apply", "run-h", JobKind::Apply, &repo, &sha);
+    apply.artifact_id = stored.artifact_id;
+    plane.send_lease(apply).await;
+    let job_event::Event::ApplyResult(applied) = plane.wait_end("hold-apply", JobKind::Apply).await
+    else {
+        panic!("{:?}", plane.events("hold-apply"));
+    };
+    assert!(applied.success, "{applied:?}");
+    assert_eq!(applied.outputs_json, r#"{"applied":2}"#);
+
+    // Not applying and nothing to keep (denied, stopped): the job just ends.
+    plane
+        .send_lease(lease("drop-1", "run-d", JobKind::PlanAndApply, &repo, &sha))
+        .await;
+    plane
+        .wait_event("drop-1", "the plan result", |e| match e {
+            job_event::Event::PlanResult(r) if r.success => Some(()),
+            _ => None,
+        })
+        .await;
+    plane.proceed("drop-1", false, false).await;
+    plane.wait_released("drop-1").await;
+    let events = plane.events("drop-1");
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            job_event::Event::ApplyResult(_)
+                | job_event::Event::WorkspaceStored(_)
+                | job_event::Event::Failed(_)
+        )),
+        "{events:?}"
+    );
+    assert!(plane
+        .logs("drop-1")
+        .iter()
+        .any(|l| l.message == "Not applying (decided by a test)"));
+    assert!(!work
+        .join("jobs/drop-1/tree/infra/.testecho-applied")
+        .exists());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn plan_and_apply_fails_when_no_decision_arrives_within_the_lease_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    plane.state.lock().unwrap().lease_timeout_ms = 300;
+    let work = tmp.path().join("work");
+    let agent = Agent::spawn(config(&plane, &work));
+
+    plane
+        .send_lease(lease(
+            "silent-1",
+            "run-q",
+            JobKind::PlanAndApply,
+            &repo,
+            &sha,
+        ))
+        .await;
+    let job_event::Event::Failed(failed) = plane.wait_end("silent-1", JobKind::PlanAndApply).await
+    else {
+        panic!("{:?}", plane.events("silent-1"));
+    };
+    let reason = failed.reason;
+    assert!(
+        reason.contains("no decision from the control plane within 300ms after the plan"),
+        "{reason}"
+    );
+    let events = plane.events("silent-1");
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, job_event::Event::PlanResult(r) if r.success)));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, job_event::Event::ApplyResult(_))));
+    assert!(!work
+        .join("jobs/silent-1/tree/infra/.testecho-applied")
+        .exists());
     agent.shutdown().await;
 }
 
@@ -329,6 +482,60 @@ async fn reconnects_after_the_control_plane_restarts() {
 }
 
 #[tokio::test]
+async fn a_job_survives_a_reconnect_and_its_lease_is_listed_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let first = Plane::start(None).await;
+    let agent = Agent::spawn(config(&first, &tmp.path().join("work")));
+    // After its plan the job waits for the decision, so it is running whenever the new
+    // session starts, however long the restart takes.
+    first
+        .send_lease(lease(
+            "across-1",
+            "run-x",
+            JobKind::PlanAndApply,
+            &repo,
+            &sha,
+        ))
+        .await;
+    first
+        .wait_event("across-1", "the plan result", |e| match e {
+            job_event::Event::PlanResult(r) if r.success => Some(()),
+            _ => None,
+        })
+        .await;
+    first.kill().await;
+
+    let second = Plane::start(Some(first.addr)).await;
+    wait_until("registration with the restarted control plane", || async {
+        (second.registrations() == 1).then_some(())
+    })
+    .await;
+    wait_until("a heartbeat on the new session", || async {
+        (!second.state.lock().unwrap().heartbeats.is_empty()).then_some(())
+    })
+    .await;
+    {
+        let state = second.state.lock().unwrap();
+        assert_eq!(state.order[0], "register");
+        assert_eq!(
+            state.order[1], "heartbeat:across-1",
+            "the running job's lease comes first: {:?}",
+            state.order
+        );
+    }
+    // The decision arrives on the new session; the job applies in its work tree.
+    second.proceed("across-1", true, false).await;
+    let job_event::Event::ApplyResult(applied) =
+        second.wait_end("across-1", JobKind::PlanAndApply).await
+    else {
+        panic!("{:?}", second.events("across-1"));
+    };
+    assert!(applied.success, "{applied:?}");
+    agent.shutdown().await;
+}
+
+#[tokio::test]
 async fn cancel_stops_the_vendor_and_reports_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, sha) = make_repo(tmp.path());
@@ -443,6 +650,8 @@ async fn skip_flags_reach_the_plugin() {
     let mut both = lease("skip-apply", "run-s2", JobKind::PlanAndApply, &repo, &sha);
     both.skip_applying = true;
     plane.send_lease(both).await;
+    // The decision may arrive before the job waits for it.
+    plane.proceed("skip-apply", true, false).await;
     assert!(matches!(
         plane.wait_end("skip-apply", JobKind::PlanAndApply).await,
         job_event::Event::ApplyResult(r) if r.success && r.skipped

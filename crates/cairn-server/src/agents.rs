@@ -8,12 +8,18 @@
 //!     come with `upload_workspace`: after `plan_result` the agent uploads the encrypted workspace
 //!     with UploadWorkspace and reports `workspace_stored`; the lease ends then. Proposed runs
 //!     upload nothing and the lease ends with the plan result.
-//!   - `JOB_KIND_PLAN_AND_APPLY` for tracked runs of autodeploy stacks: one lease plans and then
-//!     applies in the same workspace (no upload). After `plan_result` the server decides the path
-//!     with `cairn_core::after_planning`: a no-op finishes the run and ends the lease; changes
-//!     move the run to PREPARING_APPLY and the agent goes on with `PHASE_APPLYING` and
-//!     `apply_result`. Should planning end anywhere else (e.g. a plan policy requires
-//!     confirmation), the server sends `CancelJob` and the run waits like any unconfirmed run.
+//!   - `JOB_KIND_PLAN_AND_APPLY` for tracked runs of autodeploy stacks: one lease plans and,
+//!     if the server says so, applies in the same work tree (no archive round trip). The lease
+//!     carries the run's `workspace_key` and `upload_workspace`. After `plan_result` the server
+//!     decides the path with `cairn_core::after_planning` (autodeploy as the stack has it now)
+//!     and answers with `ProceedJob`; a job with changes waits for it (up to the lease timeout):
+//!     - Autodeploy → run PREPARING_APPLY, `apply: true`; the agent goes on with
+//!       `PHASE_APPLYING` and `apply_result`.
+//!     - RequireConfirmation / RequireReview → `apply: false, upload_workspace: true`; the run
+//!       stays PLANNING until `workspace_stored`, then moves to UNCONFIRMED / PENDING_REVIEW (so
+//!       such a run always has its workspace) and the lease ends. Confirming leases an APPLY.
+//!     - Fail / FinishNoOp, or a run that moved meanwhile (stopped) → `apply: false`; the lease
+//!       ends.
 //!   - `JOB_KIND_APPLY` for CONFIRMED runs (→ PREPARING_APPLY), with the `artifact_id` and the
 //!     run's data key (`workspace_key`) to restore the workspace with DownloadWorkspace.
 //! - Job events: phases move the run (INITIALIZING → Initialize, PLANNING → Plan, APPLYING →
@@ -22,7 +28,13 @@
 //!   moved the run to STOPPED and sent `CancelJob`).
 //! - Heartbeats list the leases still held and refresh them. A lease whose last heartbeat is
 //!   older than `lease_timeout` expires: its run fails with "worker lost: lease expired" and
-//!   the stack takes its next run. A closed session leaves its leases to expire the same way.
+//!   the stack takes its next run.
+//! - Reconnects: a closed session's leases are kept as orphans. When a new session of a worker
+//!   with the same pool and name lists one in a heartbeat (or sends an event for it) before it
+//!   expires, the lease is re-adopted: the stored lease now names the new worker, its events
+//!   are accepted, a ProceedJob already decided is sent again, and a job whose run ended
+//!   meanwhile gets `CancelJob`. After a server restart the slot is rebuilt from the store.
+//!   Leases nobody re-adopts expire as above.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +66,20 @@ struct Slot {
     uploaded: bool,
     /// The span of the phase the run is in; replaced at each phase, closed when the lease ends.
     phase_span: Option<tracing::Span>,
+    /// The ProceedJob sent after a PLAN_AND_APPLY plan; sent again when the lease is re-adopted
+    /// by a new session (the first copy may have been lost with the old stream).
+    decision: Option<apb::ProceedJob>,
+    /// The post-plan transition of a PLAN_AND_APPLY run that waits for confirmation: applied
+    /// once the workspace is stored, so that an UNCONFIRMED run always has its workspace.
+    deferred: Option<(RunEvent, RunPatch)>,
+}
+
+/// A lease whose session closed: kept until a new session of the same worker (pool and name)
+/// re-adopts it, or until it expires.
+struct Orphan {
+    pool_id: String,
+    name: String,
+    slot: Slot,
 }
 
 struct Conn {
@@ -69,6 +95,8 @@ struct Conn {
 #[derive(Default)]
 pub struct Registry {
     conns: Mutex<HashMap<String, Conn>>,
+    /// By lease id. Locked after `conns` when both are needed, never the other way round.
+    orphans: Mutex<HashMap<String, Orphan>>,
 }
 
 /// What ListWorkers shows of a live connection.
@@ -105,11 +133,83 @@ impl Registry {
         self.lock().get(worker_id).map(|c| c.tx.clone())
     }
 
+    fn orphans(&self) -> std::sync::MutexGuard<'_, HashMap<String, Orphan>> {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn release(&self, worker_id: &str, lease_id: &str) -> Option<Outbound> {
         let mut map = self.lock();
+        self.orphans().remove(lease_id);
         let conn = map.get_mut(worker_id)?;
         conn.slots.remove(lease_id);
         Some(conn.tx.clone())
+    }
+
+    /// Removes a closed session; its leases wait as orphans for the agent to come back.
+    fn close(&self, worker_id: &str) {
+        let mut map = self.lock();
+        let Some(conn) = map.remove(worker_id) else {
+            return;
+        };
+        let mut orphans = self.orphans();
+        for (lease_id, slot) in conn.slots {
+            orphans.insert(
+                lease_id,
+                Orphan {
+                    pool_id: conn.pool_id.clone(),
+                    name: conn.name.clone(),
+                    slot,
+                },
+            );
+        }
+    }
+
+    /// Moves the slot of `lease_id` to `worker_id` when another session of the same pool and
+    /// name holds it (a session the agent left but the server has not noticed closing yet) or
+    /// it is orphaned. False when there is nothing to take or `worker_id` is gone.
+    fn take_over(&self, worker_id: &str, lease_id: &str) -> bool {
+        let mut map = self.lock();
+        let Some((pool_id, name)) = map
+            .get(worker_id)
+            .map(|c| (c.pool_id.clone(), c.name.clone()))
+        else {
+            return false;
+        };
+        let from_live = map
+            .iter_mut()
+            .filter(|(id, c)| id.as_str() != worker_id && c.pool_id == pool_id && c.name == name)
+            .find_map(|(_, c)| c.slots.remove(lease_id));
+        let slot = match from_live {
+            Some(slot) => slot,
+            None => {
+                let mut orphans = self.orphans();
+                match orphans.get(lease_id) {
+                    Some(o) if o.pool_id == pool_id && o.name == name => {
+                        match orphans.remove(lease_id) {
+                            Some(o) => o.slot,
+                            None => return false,
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+        };
+        if let Some(conn) = map.get_mut(worker_id) {
+            conn.slots.insert(lease_id.to_string(), slot);
+        }
+        true
+    }
+
+    /// Adds a slot rebuilt from the store (after a server restart) unless one exists.
+    fn insert_slot(&self, worker_id: &str, lease_id: &str, slot: Slot) -> bool {
+        let mut map = self.lock();
+        match map.get_mut(worker_id) {
+            Some(conn) if !conn.slots.contains_key(lease_id) => {
+                conn.slots.insert(lease_id.to_string(), slot);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Who holds the leases of a run (StopRun).
@@ -141,6 +241,72 @@ fn cancel_msg(lease_id: &str, run_id: &str, reason: &str) -> apb::SessionRespons
             reason: reason.to_string(),
         })),
     }
+}
+
+/// The control plane's word on a PLAN_AND_APPLY job after its plan, with the reason.
+enum Decision<'a> {
+    /// Apply in the same work tree.
+    Apply(&'a str),
+    /// Do not apply; upload the workspace (the run waits for confirmation or review).
+    Keep(&'a str),
+    /// Do not apply; nothing to keep.
+    Drop(&'a str),
+}
+
+impl Decision<'_> {
+    fn message(&self, lease_id: &str, run_id: &str) -> apb::ProceedJob {
+        let (apply, upload_workspace, reason) = match self {
+            Decision::Apply(r) => (true, false, r),
+            Decision::Keep(r) => (false, true, r),
+            Decision::Drop(r) => (false, false, r),
+        };
+        apb::ProceedJob {
+            lease_id: lease_id.to_string(),
+            run_id: run_id.to_string(),
+            apply,
+            upload_workspace,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn proceed_msg(p: apb::ProceedJob) -> apb::SessionResponse {
+    apb::SessionResponse {
+        message: Some(apb::session_response::Message::Proceed(p)),
+    }
+}
+
+/// A slot for a stored lease the registry does not know (the server restarted while the job
+/// ran). The kind follows the rule the scheduler used; secrets come from the stack's variables.
+async fn rebuild_slot(state: &AppState, lease: &cairn_core::Lease) -> Result<Slot> {
+    let run = state.store.get_run(&lease.run_id).await?;
+    let stack = state.store.get_stack(&lease.stack_id).await?;
+    let kind = match lease.kind {
+        LeaseKind::Apply => apb::JobKind::Apply,
+        LeaseKind::Plan if stack.autodeploy && run.run_type == RunType::Tracked => {
+            apb::JobKind::PlanAndApply
+        }
+        LeaseKind::Plan => apb::JobKind::Plan,
+    };
+    let secrets = state
+        .store
+        .list_env_vars(&stack.id)
+        .await?
+        .into_iter()
+        .filter(|v| v.secret && !v.value.is_empty())
+        .map(|v| v.value)
+        .collect();
+    Ok(Slot {
+        run_id: run.id,
+        stack_id: stack.id,
+        kind,
+        secrets,
+        needs_upload: kind == apb::JobKind::Plan && run.run_type != RunType::Proposed,
+        uploaded: false,
+        phase_span: None,
+        decision: None,
+        deferred: None,
+    })
 }
 
 fn millis(d: Duration) -> i64 {
@@ -257,8 +423,9 @@ struct Session {
 
 impl Session {
     async fn close(&self) {
-        // Dropping the registry entry drops the last sender: the outbound stream ends.
-        self.state.agents.lock().remove(&self.worker_id);
+        // Dropping the registry entry drops the last sender: the outbound stream ends. Its
+        // leases wait for the agent to reconnect (or expire).
+        self.state.agents.close(&self.worker_id);
         let _ = self.upsert(false).await;
         tracing::info!(worker.id = %self.worker_id, "agent disconnected");
         self.state.wake_scheduler();
@@ -288,6 +455,7 @@ impl Session {
                 "the session is already registered",
             )),
             Some(M::Heartbeat(hb)) => {
+                self.adopt(&hb.lease_ids, true).await?;
                 let held: Vec<String> = {
                     let map = self.state.agents.lock();
                     let Some(conn) = map.get(&self.worker_id) else {
@@ -340,6 +508,11 @@ impl Session {
 
     async fn job_event(&self, ev: apb::JobEvent) -> Result<()> {
         use apb::job_event::Event as E;
+        if self.slot(&ev.lease_id).is_none() {
+            // An agent that reconnected may send queued events before its first heartbeat.
+            self.adopt(std::slice::from_ref(&ev.lease_id), false)
+                .await?;
+        }
         let Some((run_id, stack_id, kind, secrets)) = self.slot(&ev.lease_id) else {
             // An expired or foreign lease: the job must stop, its results count for nothing.
             self.send(cancel_msg(
@@ -378,9 +551,37 @@ impl Session {
                 fail_run(&self.state, &run_id, &reason).await;
                 self.end_lease(&ev.lease_id).await
             }
-            Some(E::Stopped(_)) => self.end_lease(&ev.lease_id).await,
+            Some(E::Stopped(_)) => {
+                let mut deferred = false;
+                self.with_slot(&ev.lease_id, |s| deferred = s.deferred.is_some());
+                if deferred {
+                    // Stopped while keeping the workspace for a confirmation that will not come.
+                    let run = self.state.store.get_run(&run_id).await?;
+                    self.state
+                        .artifacts
+                        .delete_run(&run_id, &run.artifact_id)
+                        .await;
+                }
+                self.end_lease(&ev.lease_id).await
+            }
             Some(E::WorkspaceStored(_)) => {
-                self.with_slot(&ev.lease_id, |s| s.uploaded = true);
+                let mut deferred = None;
+                self.with_slot(&ev.lease_id, |s| {
+                    s.uploaded = true;
+                    deferred = s.deferred.take();
+                });
+                if let Some((event, patch)) = deferred {
+                    // The workspace is in: the run may now wait for confirmation or review.
+                    if let Err(e) = self.state.transition(&run_id, event, "", patch).await {
+                        tracing::info!(run.id = %run_id, error = %e, "plan outcome not applied");
+                        let run = self.state.store.get_run(&run_id).await?;
+                        self.state
+                            .artifacts
+                            .delete_run(&run_id, &run.artifact_id)
+                            .await;
+                    }
+                    return self.end_lease(&ev.lease_id).await;
+                }
                 let run = self.state.store.get_run(&run_id).await?;
                 if !drives(kind, run.state) {
                     self.end_lease(&ev.lease_id).await?;
@@ -444,9 +645,20 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 fail_run(&self.state, run_id, &format!("bad plan result: {e}")).await;
+                self.decide(lease_id, run_id, kind, Decision::Drop("bad plan result"))
+                    .await;
                 return self.end_lease(lease_id).await;
             }
         };
+        // Autodeploy counts as it is now, not as it was when the run was leased: turning it
+        // off while a run plans makes that run wait for confirmation.
+        let autodeploy = kind == apb::JobKind::PlanAndApply
+            && self
+                .state
+                .store
+                .get_stack(&run.stack_id)
+                .await
+                .is_ok_and(|s| s.autodeploy);
         let delta = r
             .delta
             .map(convert::delta_from)
@@ -470,13 +682,20 @@ impl Session {
                     &format!("plan policies could not be evaluated: {e}"),
                 )
                 .await;
+                self.decide(
+                    lease_id,
+                    run_id,
+                    kind,
+                    Decision::Drop("plan policies failed"),
+                )
+                .await;
                 return self.end_lease(lease_id).await;
             }
         };
         let event = after_planning(PlanOutcome {
             run_type: run.run_type,
             no_op: r.no_op,
-            autodeploy: kind == apb::JobKind::PlanAndApply,
+            autodeploy,
             denied: !verdict.denies.is_empty(),
             warnings: !verdict.warnings.is_empty(),
             approval_policies: verdict.approval_policies,
@@ -492,23 +711,60 @@ impl Session {
             error: verdict.error(),
             ..Default::default()
         };
+        if kind == apb::JobKind::PlanAndApply
+            && matches!(
+                event,
+                RunEvent::RequireConfirmation | RunEvent::RequireReview
+            )
+        {
+            // The run will wait for a human: the agent uploads the workspace first and the run
+            // moves on when `workspace_stored` arrives (see `Slot::deferred`).
+            let why = if event == RunEvent::RequireReview {
+                "the plan needs review"
+            } else {
+                "the plan needs confirmation"
+            };
+            self.with_slot(lease_id, |s| {
+                s.deferred = Some((event, patch));
+                s.needs_upload = true;
+            });
+            self.decide(lease_id, run_id, kind, Decision::Keep(why))
+                .await;
+            return Ok(());
+        }
         let run = match self.state.transition(run_id, event, "", patch).await {
             Ok(run) => run,
             Err(e) => {
                 // Stopped or failed meanwhile: the plan is of no use any more.
                 tracing::info!(run.id = %run_id, error = %e, "plan result not applied");
+                let now = self.state.store.get_run(run_id).await?.state;
+                let why = format!("the run is {now}");
+                self.decide(lease_id, run_id, kind, Decision::Drop(&why))
+                    .await;
                 return self.end_lease(lease_id).await;
             }
         };
         if run.state.is_terminal() {
+            let why = match event {
+                RunEvent::FinishNoOp => "no changes".to_string(),
+                _ => format!("the run is {}", run.state),
+            };
+            self.decide(lease_id, run_id, kind, Decision::Drop(&why))
+                .await;
             self.state
                 .artifacts
                 .delete_run(run_id, &run.artifact_id)
                 .await;
             return self.end_lease(lease_id).await;
         }
-        if kind == apb::JobKind::PlanAndApply && run.state != RunState::PreparingApply {
-            self.send(cancel_msg(lease_id, run_id, "the plan needs confirmation"))
+        if kind == apb::JobKind::PlanAndApply {
+            if run.state == RunState::PreparingApply {
+                self.decide(lease_id, run_id, kind, Decision::Apply("autodeploy"))
+                    .await;
+                return Ok(());
+            }
+            let why = format!("the run is {}", run.state);
+            self.decide(lease_id, run_id, kind, Decision::Drop(&why))
                 .await;
             return self.end_lease(lease_id).await;
         }
@@ -520,6 +776,137 @@ impl Session {
         };
         if !drives(kind, run.state) && !waiting_upload {
             self.end_lease(lease_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the post-plan decision of a PLAN_AND_APPLY lease (nothing for other kinds) and
+    /// keeps it to send again should the lease be re-adopted.
+    async fn decide(&self, lease_id: &str, run_id: &str, kind: apb::JobKind, d: Decision<'_>) {
+        if kind != apb::JobKind::PlanAndApply {
+            return;
+        }
+        let proceed = d.message(lease_id, run_id);
+        tracing::info!(run.id = %run_id, lease.id = %lease_id, apply = proceed.apply, upload = proceed.upload_workspace, reason = %proceed.reason, "decision after planning");
+        self.with_slot(lease_id, |s| s.decision = Some(proceed.clone()));
+        self.send(proceed_msg(proceed)).await;
+    }
+
+    /// Re-adopts leases of jobs this agent still runs from an earlier session: the lease must
+    /// belong to a worker of the same pool and name and must not have expired. With `from_live`
+    /// (a heartbeat: the agent states what runs on this session) a lease is also taken from
+    /// another open session of that worker, one the server has not yet seen break.
+    async fn adopt(&self, lease_ids: &[String], from_live: bool) -> Result<()> {
+        let timeout = i64::try_from(self.state.config.lease_timeout.as_nanos()).unwrap_or(i64::MAX);
+        for lease_id in lease_ids {
+            if self.slot(lease_id).is_some() {
+                continue;
+            }
+            let lease = match self.state.store.get_lease(lease_id).await {
+                Ok(l) => l,
+                Err(cairn_store::StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if lease.worker_id == self.worker_id
+                || lease.is_expired(cairn_core::now_nanos(), timeout)
+            {
+                continue;
+            }
+            let live_holder = self.state.agents.lock().contains_key(&lease.worker_id);
+            if live_holder && !from_live {
+                continue;
+            }
+            if !self.state.agents.take_over(&self.worker_id, lease_id) {
+                // Nothing in memory (the server restarted): trust the store's record of the
+                // lease's worker, and rebuild what the slot needs.
+                if live_holder {
+                    continue;
+                }
+                let same_worker = self
+                    .state
+                    .store
+                    .list_workers(&self.pool_id)
+                    .await?
+                    .iter()
+                    .any(|w| w.id == lease.worker_id && w.name == self.name);
+                if !same_worker {
+                    continue;
+                }
+                let slot = rebuild_slot(&self.state, &lease).await?;
+                if !self
+                    .state
+                    .agents
+                    .insert_slot(&self.worker_id, lease_id, slot)
+                {
+                    continue;
+                }
+            }
+            // Heartbeats refresh leases by worker: point the stored lease at this session.
+            match self.state.store.delete_lease(lease_id).await {
+                Ok(()) => {}
+                Err(cairn_store::StoreError::NotFound { .. }) => {
+                    // Expired meanwhile; its run has failed.
+                    self.state.agents.release(&self.worker_id, lease_id);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let now = cairn_core::now_nanos();
+            self.state
+                .store
+                .create_lease(cairn_core::Lease {
+                    worker_id: self.worker_id.clone(),
+                    heartbeat_at: now,
+                    ..lease.clone()
+                })
+                .await?;
+            tracing::info!(run.id = %lease.run_id, lease.id = %lease_id, worker.id = %self.worker_id, "lease re-adopted after a reconnect");
+            self.state
+                .system_log(
+                    &lease.run_id,
+                    format!("worker {} reconnected and goes on with the job", self.name),
+                )
+                .await;
+            self.resume(lease_id).await?;
+        }
+        Ok(())
+    }
+
+    /// After a re-adoption: stop a job whose run ended while the agent was away, otherwise
+    /// send again the decision it may be waiting for.
+    async fn resume(&self, lease_id: &str) -> Result<()> {
+        let (run_id, kind, waiting_upload, decision) = {
+            let map = self.state.agents.lock();
+            let Some(s) = map.get(&self.worker_id).and_then(|c| c.slots.get(lease_id)) else {
+                return Ok(());
+            };
+            (
+                s.run_id.clone(),
+                s.kind,
+                s.deferred.is_some() || (s.needs_upload && !s.uploaded),
+                s.decision.clone(),
+            )
+        };
+        let run = self.state.store.get_run(&run_id).await?;
+        if run.state.is_terminal() || !(drives(kind, run.state) || waiting_upload) {
+            // The job's `stopped` (or late result) ends the lease.
+            self.send(cancel_msg(
+                lease_id,
+                &run_id,
+                &format!("the run is {}", run.state),
+            ))
+            .await;
+            return Ok(());
+        }
+        let decision = decision.or_else(|| {
+            // Rebuilt after a restart: an autodeploy run already past its plan was told to apply.
+            (kind == apb::JobKind::PlanAndApply
+                && matches!(run.state, RunState::PreparingApply | RunState::Applying))
+            .then(|| Decision::Apply("autodeploy").message(lease_id, &run_id))
+        });
+        if let Some(d) = decision {
+            self.with_slot(lease_id, |s| s.decision = Some(d.clone()));
+            self.send(proceed_msg(d)).await;
         }
         Ok(())
     }
@@ -767,7 +1154,8 @@ async fn lease_run(
         }
     };
     let lease_id = cairn_core::ids::new_id("lease");
-    let upload = kind == apb::JobKind::Plan && run.run_type != RunType::Proposed;
+    // A PLAN_AND_APPLY lease (tracked runs only) uploads only when ProceedJob asks for it.
+    let upload = kind != apb::JobKind::Apply && run.run_type != RunType::Proposed;
     let secrets: Vec<String> = env
         .iter()
         .filter(|v| v.secret && !v.value.is_empty())
@@ -785,9 +1173,11 @@ async fn lease_run(
                 stack_id: stack.id.clone(),
                 kind,
                 secrets,
-                needs_upload: upload,
+                needs_upload: upload && kind == apb::JobKind::Plan,
                 uploaded: false,
                 phase_span: None,
+                decision: None,
+                deferred: None,
             },
         );
         (conn.tx.clone(), conn.name.clone())

@@ -272,8 +272,15 @@ async fn autodeploy_plans_and_applies_in_one_lease_and_no_ops_finish() {
     let run = s.trigger("auto", pb::RunType::Tracked).await;
     let lease = agent.lease().await;
     assert_eq!(lease.kind(), apb::JobKind::PlanAndApply);
-    assert!(!lease.upload_workspace);
+    // Should the server decide not to apply, the agent can keep the workspace.
+    assert!(lease.upload_workspace);
+    assert_eq!(lease.workspace_key.len(), 32);
     agent.plan_through(&lease, &["aws_s3_bucket.a"]).await;
+    let decision = agent.proceed().await;
+    assert_eq!(decision.lease_id, lease.lease_id);
+    assert_eq!(decision.run_id, run.id);
+    assert!(decision.apply && !decision.upload_workspace, "{decision:?}");
+    assert_eq!(decision.reason, "autodeploy");
     s.wait_state(&run.id, pb::RunState::PreparingApply).await;
     agent.apply_ok(&lease).await;
     let done = s.wait_state(&run.id, pb::RunState::Finished).await;
@@ -293,6 +300,12 @@ async fn autodeploy_plans_and_applies_in_one_lease_and_no_ops_finish() {
     let noop = s.trigger("auto", pb::RunType::Tracked).await;
     let lease = agent.lease().await;
     agent.plan_through(&lease, &[]).await;
+    let decision = agent.proceed().await;
+    assert!(
+        !decision.apply && !decision.upload_workspace,
+        "{decision:?}"
+    );
+    assert_eq!(decision.reason, "no changes");
     let done = s.wait_state(&noop.id, pb::RunState::Finished).await;
     assert!(done.no_op);
     assert_eq!(
@@ -560,4 +573,263 @@ async fn workers_are_listed_with_their_runs() {
     assert_eq!(ids, vec!["default", "gpu"]);
     let gpu_agent = TestAgent::try_connect(&s, &created.token, 1).await.unwrap();
     assert!(!gpu_agent.worker_id.is_empty());
+}
+
+/// Turns autodeploy off on stack `id` (created by `TestServer::stack`).
+async fn set_autodeploy(s: &TestServer, id: &str, autodeploy: bool) {
+    s.stacks(&s.admin)
+        .update_stack(pb::UpdateStackRequest {
+            stack: Some(stack_input(id, autodeploy)),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn autodeploy_run_that_needs_confirmation_keeps_its_workspace_for_a_later_apply() {
+    let s = TestServer::start().await;
+    s.stack("auto", true, SHA_A).await;
+    let mut agent = TestAgent::connect(&s, 1).await;
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.kind(), apb::JobKind::PlanAndApply);
+    agent.phase(&lease, pb::Phase::Planning).await;
+    s.wait_state(&run.id, pb::RunState::Planning).await;
+    // Decided after the plan, not at leasing: autodeploy is off by the time the plan is in.
+    set_autodeploy(&s, "auto", false).await;
+    agent
+        .plan(&lease, &["aws_s3_bucket.a", "aws_s3_bucket.b"])
+        .await;
+    let decision = agent.proceed().await;
+    assert!(!decision.apply, "{decision:?}");
+    assert!(decision.upload_workspace, "{decision:?}");
+    assert_eq!(decision.reason, "the plan needs confirmation");
+    // Not confirmable before its workspace is stored.
+    assert_eq!(s.get_run(&run.id).await.state(), pb::RunState::Planning);
+
+    let workspace = b"plan-and-apply work tree".repeat(50);
+    let sealed = encrypt(&lease.workspace_key, &workspace);
+    let stored = agent.upload(&lease, &sealed).await.unwrap();
+    agent
+        .event(
+            &lease,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id.clone(),
+                sha256: stored.sha256.clone(),
+            }),
+        )
+        .await;
+    let unconfirmed = s.wait_state(&run.id, pb::RunState::Unconfirmed).await;
+    assert_eq!(unconfirmed.changes.len(), 2);
+    assert!(s
+        .dir
+        .path()
+        .join("artifacts")
+        .join(format!("{}.bin", stored.artifact_id))
+        .exists());
+    assert_eq!(
+        states(&unconfirmed),
+        vec![
+            pb::RunState::Queued,
+            pb::RunState::Preparing,
+            pb::RunState::Initializing,
+            pb::RunState::Planning,
+            pb::RunState::Unconfirmed
+        ]
+    );
+
+    s.runs(&s.admin)
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap();
+    let apply = agent.lease().await;
+    assert_eq!(apply.kind(), apb::JobKind::Apply);
+    assert_eq!(apply.artifact_id, stored.artifact_id);
+    assert_eq!(apply.workspace_key, lease.workspace_key);
+    let (data, _) = agent.download(&apply).await.unwrap();
+    assert_eq!(decrypt(&apply.workspace_key, &data), workspace);
+    agent.apply_ok(&apply).await;
+    s.wait_state(&run.id, pb::RunState::Finished).await;
+}
+
+#[tokio::test]
+async fn a_stop_before_the_decision_means_no_apply_and_no_kept_workspace() {
+    let s = TestServer::start().await;
+    s.stack("auto", true, SHA_A).await;
+    let mut agent = TestAgent::connect(&s, 1).await;
+
+    // The user stops the run while its plan result is on the way.
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    agent.phase(&lease, pb::Phase::Planning).await;
+    s.wait_state(&run.id, pb::RunState::Planning).await;
+    s.runs(&s.admin)
+        .stop_run(pb::StopRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap();
+    match agent.recv().await {
+        apb::session_response::Message::Cancel(c) => assert_eq!(c.lease_id, lease.lease_id),
+        other => panic!("expected CancelJob, got {other:?}"),
+    }
+    agent.plan(&lease, &["aws_s3_bucket.a"]).await;
+    let decision = agent.proceed().await;
+    assert!(
+        !decision.apply && !decision.upload_workspace,
+        "{decision:?}"
+    );
+    assert_eq!(decision.reason, "the run is STOPPED");
+    let stopped = s.get_run(&run.id).await;
+    assert_eq!(stopped.state(), pb::RunState::Stopped);
+    assert!(!states(&stopped).contains(&pb::RunState::PreparingApply));
+
+    // Stopped while the agent keeps the workspace: the upload that still lands is deleted.
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.run_id, run.id, "the stopped run's lease ended");
+    agent.phase(&lease, pb::Phase::Planning).await;
+    s.wait_state(&run.id, pb::RunState::Planning).await;
+    set_autodeploy(&s, "auto", false).await;
+    agent.plan(&lease, &["aws_s3_bucket.a"]).await;
+    assert!(agent.proceed().await.upload_workspace);
+    s.runs(&s.admin)
+        .stop_run(pb::StopRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap();
+    let stored = agent.upload(&lease, b"sealed").await.unwrap();
+    agent
+        .event(
+            &lease,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id.clone(),
+                sha256: stored.sha256,
+            }),
+        )
+        .await;
+    // The lease ends with that event: the stack takes its next run.
+    let next = s.trigger("auto", pb::RunType::Tracked).await;
+    assert!(matches!(
+        agent.recv().await,
+        apb::session_response::Message::Cancel(c) if c.lease_id == lease.lease_id
+    ));
+    assert_eq!(agent.lease().await.run_id, next.id);
+    assert_eq!(s.get_run(&run.id).await.state(), pb::RunState::Stopped);
+    let path = s
+        .dir
+        .path()
+        .join("artifacts")
+        .join(format!("{}.bin", stored.artifact_id));
+    assert!(!path.exists(), "the workspace of a stopped run is deleted");
+}
+
+#[tokio::test]
+async fn a_reconnected_agent_re_adopts_its_leases() {
+    let s = TestServer::start().await;
+    s.stack("app", false, SHA_A).await;
+    s.stack("auto", true, SHA_B).await;
+    let mut first = TestAgent::connect(&s, 2).await;
+    let planned = s.trigger("app", pb::RunType::Tracked).await;
+    let plan = first.lease().await;
+    let auto = s.trigger("auto", pb::RunType::Tracked).await;
+    let both = first.lease().await;
+    first.phase(&plan, pb::Phase::Initializing).await;
+    // The autodeploy plan is in, but its decision is lost with the stream.
+    first.plan_through(&both, &["aws_s3_bucket.a"]).await;
+    s.wait_state(&auto.id, pb::RunState::PreparingApply).await;
+    s.wait_state(&planned.id, pb::RunState::Initializing).await;
+    drop(first);
+
+    // Another worker of the pool cannot take them over.
+    let mut other = TestAgent::try_connect_as(&s, &s.pool_token, "other-agent", 2)
+        .await
+        .unwrap();
+    other.heartbeat(vec![plan.lease_id.clone()]).await;
+    other.phase(&plan, pb::Phase::Planning).await;
+    match other.recv().await {
+        apb::session_response::Message::Cancel(c) => {
+            assert_eq!(c.lease_id, plan.lease_id);
+            assert_eq!(c.reason, "lease unknown or expired");
+        }
+        other => panic!("expected CancelJob, got {other:?}"),
+    }
+    assert_eq!(
+        s.get_run(&planned.id).await.state(),
+        pb::RunState::Initializing
+    );
+
+    // The same worker, back on a new session, lists its jobs in its first heartbeat.
+    let mut second = TestAgent::connect(&s, 2).await;
+    second
+        .heartbeat(vec![plan.lease_id.clone(), both.lease_id.clone()])
+        .await;
+    let decision = second.proceed().await;
+    assert_eq!(decision.lease_id, both.lease_id);
+    assert!(decision.apply, "the decision is sent again: {decision:?}");
+    second.apply_ok(&both).await;
+    s.wait_state(&auto.id, pb::RunState::Finished).await;
+
+    second.phase(&plan, pb::Phase::Planning).await;
+    second.plan(&plan, &["aws_s3_bucket.a"]).await;
+    // The stored lease names the new worker: its pool may upload for it.
+    let stored = second.upload(&plan, b"sealed").await.unwrap();
+    second
+        .event(
+            &plan,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id.clone(),
+                sha256: stored.sha256,
+            }),
+        )
+        .await;
+    s.wait_state(&planned.id, pb::RunState::Unconfirmed).await;
+    assert!(s
+        .dir
+        .path()
+        .join("artifacts")
+        .join(format!("{}.bin", stored.artifact_id))
+        .exists());
+    let lines = s
+        .runs(&s.admin)
+        .get_run_logs(pb::GetRunLogsRequest {
+            run_id: planned.id.clone(),
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.message == "worker test-agent reconnected and goes on with the job"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_nobody_re_adopts_expires_and_is_not_re_adopted_later() {
+    let s = TestServer::start_with(Duration::from_millis(800)).await;
+    s.stack("app", false, SHA_A).await;
+    let first = TestAgent::connect(&s, 1).await;
+    let run = s.trigger("app", pb::RunType::Tracked).await;
+    let mut first = first;
+    let lease = first.lease().await;
+    drop(first);
+    let failed = s.wait_state(&run.id, pb::RunState::Failed).await;
+    assert_eq!(failed.error, "worker lost: lease expired");
+
+    let mut late = TestAgent::connect(&s, 1).await;
+    late.heartbeat(vec![lease.lease_id.clone()]).await;
+    late.plan_through(&lease, &[]).await;
+    match late.recv().await {
+        apb::session_response::Message::Cancel(c) => assert_eq!(c.lease_id, lease.lease_id),
+        other => panic!("expected CancelJob, got {other:?}"),
+    }
+    assert_eq!(s.get_run(&run.id).await.state(), pb::RunState::Failed);
 }

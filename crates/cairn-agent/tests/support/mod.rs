@@ -14,8 +14,8 @@ use cairn_agent::Config;
 use cairn_proto::agent::v1::agent_service_server::{AgentService, AgentServiceServer};
 use cairn_proto::agent::v1::{
     job_event, session_request, session_response, CancelJob, DownloadWorkspaceRequest,
-    DownloadWorkspaceResponse, Heartbeat, JobEvent, JobKind, Lease, Register, Registered,
-    SessionRequest, SessionResponse, UploadWorkspaceRequest, UploadWorkspaceResponse,
+    DownloadWorkspaceResponse, Heartbeat, JobEvent, JobKind, Lease, ProceedJob, Register,
+    Registered, SessionRequest, SessionResponse, UploadWorkspaceRequest, UploadWorkspaceResponse,
 };
 use cairn_proto::v1::LogLine;
 use sha2::{Digest, Sha256};
@@ -46,6 +46,10 @@ pub struct State {
     pub events: Vec<JobEvent>,
     pub artifacts: HashMap<String, Vec<u8>>,
     pub tamper: Tamper,
+    /// Announced in Registered; a PLAN_AND_APPLY job waits this long for ProceedJob.
+    pub lease_timeout_ms: i64,
+    /// What arrived on sessions, in order: `register`, `heartbeat:<ids,>`, `event:<lease>`.
+    pub order: Vec<String>,
 }
 
 type SessionSender = mpsc::Sender<Result<SessionResponse, Status>>;
@@ -88,24 +92,35 @@ impl AgentService for Plane {
                                 .await;
                             break;
                         }
-                        plane.state.lock().unwrap().registrations.push(register);
+                        let lease_timeout_ms = {
+                            let mut state = plane.state.lock().unwrap();
+                            state.registrations.push(register);
+                            state.order.push("register".into());
+                            state.lease_timeout_ms
+                        };
                         let _ = tx
                             .send(Ok(SessionResponse {
                                 message: Some(session_response::Message::Registered(Registered {
                                     worker_id: "worker-1".into(),
                                     pool_id: "pool-1".into(),
                                     heartbeat_interval_ms: 200,
-                                    lease_timeout_ms: 5000,
+                                    lease_timeout_ms,
                                 })),
                             }))
                             .await;
                         *plane.current.lock().unwrap() = Some(tx.clone());
                     }
                     Some(session_request::Message::Heartbeat(h)) => {
-                        plane.state.lock().unwrap().heartbeats.push(h);
+                        let mut state = plane.state.lock().unwrap();
+                        state
+                            .order
+                            .push(format!("heartbeat:{}", h.lease_ids.join(",")));
+                        state.heartbeats.push(h);
                     }
                     Some(session_request::Message::JobEvent(e)) => {
-                        plane.state.lock().unwrap().events.push(e);
+                        let mut state = plane.state.lock().unwrap();
+                        state.order.push(format!("event:{}", e.lease_id));
+                        state.events.push(e);
                     }
                     None => {}
                 }
@@ -213,6 +228,8 @@ impl Plane {
                 events: Vec::new(),
                 artifacts: HashMap::new(),
                 tamper: Tamper::None,
+                lease_timeout_ms: 60_000,
+                order: Vec::new(),
             })),
             current: Arc::default(),
             kill: CancellationToken::new(),
@@ -277,6 +294,37 @@ impl Plane {
             }))
             .await
             .expect("session open");
+    }
+
+    /// Sends the decision after the plan of a PLAN_AND_APPLY job.
+    pub async fn proceed(&self, lease_id: &str, apply: bool, upload_workspace: bool) {
+        self.sender()
+            .await
+            .send(Ok(SessionResponse {
+                message: Some(session_response::Message::Proceed(ProceedJob {
+                    lease_id: lease_id.into(),
+                    run_id: String::new(),
+                    apply,
+                    upload_workspace,
+                    reason: "decided by a test".into(),
+                })),
+            }))
+            .await
+            .expect("session open");
+    }
+
+    /// Waits until the agent no longer holds `lease_id`: a heartbeat sent after this call
+    /// leaves it out.
+    pub async fn wait_released(&self, lease_id: &str) {
+        let seen = self.state.lock().unwrap().heartbeats.len();
+        wait_until(&format!("{lease_id} to be released"), || async {
+            let state = self.state.lock().unwrap();
+            state.heartbeats[seen..]
+                .iter()
+                .any(|h| !h.lease_ids.iter().any(|id| id == lease_id))
+                .then_some(())
+        })
+        .await
     }
 
     pub fn events(&self, lease_id: &str) -> Vec<job_event::Event> {

@@ -290,11 +290,21 @@ impl TestAgent {
         token: &str,
         max_jobs: i32,
     ) -> Result<TestAgent, Status> {
+        Self::try_connect_as(server, token, "test-agent", max_jobs).await
+    }
+
+    /// An agent registering with worker name `name`.
+    pub async fn try_connect_as(
+        server: &TestServer,
+        token: &str,
+        name: &str,
+        max_jobs: i32,
+    ) -> Result<TestAgent, Status> {
         let (tx, rx) = mpsc::channel(64);
         tx.send(apb::SessionRequest {
             message: Some(apb::session_request::Message::Register(apb::Register {
                 pool_token: token.into(),
-                name: "test-agent".into(),
+                name: name.into(),
                 max_jobs,
                 vendors: vec!["terraform".into()],
                 ..Default::default()
@@ -331,6 +341,14 @@ impl TestAgent {
         match self.recv().await {
             apb::session_response::Message::Lease(l) => l,
             other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    /// The decision after the plan of a PLAN_AND_APPLY lease.
+    pub async fn proceed(&mut self) -> apb::ProceedJob {
+        match self.recv().await {
+            apb::session_response::Message::Proceed(p) => p,
+            other => panic!("expected ProceedJob, got {other:?}"),
         }
     }
 
