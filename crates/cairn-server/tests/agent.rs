@@ -833,3 +833,136 @@ async fn a_lease_nobody_re_adopts_expires_and_is_not_re_adopted_later() {
     }
     assert_eq!(s.get_run(&run.id).await.state(), pb::RunState::Failed);
 }
+
+#[tokio::test]
+async fn leases_are_re_adopted_after_a_control_plane_restart() {
+    let s = TestServer::start().await;
+    s.stack("app", false, SHA_A).await;
+    s.stack("auto", true, SHA_B).await;
+    let mut first = TestAgent::connect(&s, 2).await;
+    let planned = s.trigger("app", pb::RunType::Tracked).await;
+    let plan = first.lease().await;
+    let auto = s.trigger("auto", pb::RunType::Tracked).await;
+    let both = first.lease().await;
+    first.phase(&plan, pb::Phase::Initializing).await;
+    first.plan_through(&both, &["aws_s3_bucket.a"]).await;
+    assert!(first.proceed().await.apply);
+    s.wait_state(&auto.id, pb::RunState::PreparingApply).await;
+    s.wait_state(&planned.id, pb::RunState::Initializing).await;
+
+    // Nothing of the leases is in the new process's memory; the store still has them.
+    let s = s.restart(Duration::from_secs(30)).await;
+    drop(first);
+    let mut second = TestAgent::connect(&s, 2).await;
+    second
+        .heartbeat(vec![plan.lease_id.clone(), both.lease_id.clone()])
+        .await;
+    // The autodeploy run is past its plan: it was told to apply, and is told again.
+    let decision = second.proceed().await;
+    assert_eq!(decision.lease_id, both.lease_id);
+    assert!(decision.apply, "{decision:?}");
+    second.apply_ok(&both).await;
+    s.wait_state(&auto.id, pb::RunState::Finished).await;
+
+    second.phase(&plan, pb::Phase::Planning).await;
+    second.plan(&plan, &["aws_s3_bucket.a"]).await;
+    let stored = second.upload(&plan, b"sealed").await.unwrap();
+    second
+        .event(
+            &plan,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id.clone(),
+                sha256: stored.sha256,
+            }),
+        )
+        .await;
+    s.wait_state(&planned.id, pb::RunState::Unconfirmed).await;
+}
+
+const PLAN_POLICY: &str = r#"package spacelift
+deny["no forbidden buckets"] {
+  input.spacelift.run.changes[_].entity.address == "aws_s3_bucket.forbidden"
+}
+warn["buckets cost money"] {
+  input.spacelift.run.changes[_].entity.type == "aws_s3_bucket"
+}
+"#;
+
+#[tokio::test]
+async fn plan_policies_decide_whether_an_autodeploy_plan_is_applied() {
+    let s = TestServer::start().await;
+    s.stack("auto", true, SHA_A).await;
+    s.policies(&s.admin)
+        .create_policy(pb::CreatePolicyRequest {
+            policy: Some(pb::Policy {
+                id: "buckets".into(),
+                name: "Buckets".into(),
+                r#type: pb::PolicyType::Plan as i32,
+                body: PLAN_POLICY.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    s.policies(&s.admin)
+        .attach_policy(pb::AttachPolicyRequest {
+            policy_id: "buckets".into(),
+            stack_id: "auto".into(),
+        })
+        .await
+        .unwrap();
+    let mut agent = TestAgent::connect(&s, 1).await;
+
+    // A warning stops autodeploy: the workspace is kept and the run waits for confirmation.
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.kind(), apb::JobKind::PlanAndApply);
+    agent.plan_through(&lease, &["aws_s3_bucket.a"]).await;
+    let decision = agent.proceed().await;
+    assert!(!decision.apply && decision.upload_workspace, "{decision:?}");
+    let stored = agent.upload(&lease, b"sealed").await.unwrap();
+    agent
+        .event(
+            &lease,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id.clone(),
+                sha256: stored.sha256,
+            }),
+        )
+        .await;
+    let waiting = s.wait_state(&run.id, pb::RunState::Unconfirmed).await;
+    assert_eq!(
+        waiting.policy_warnings,
+        vec!["buckets cost money".to_string()]
+    );
+    assert!(!states(&waiting).contains(&pb::RunState::PreparingApply));
+    s.runs(&s.admin)
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap();
+    let apply = agent.lease().await;
+    assert_eq!(apply.kind(), apb::JobKind::Apply);
+    assert_eq!(apply.artifact_id, stored.artifact_id);
+    agent.apply_ok(&apply).await;
+    s.wait_state(&run.id, pb::RunState::Finished).await;
+
+    // A deny fails the run: nothing is applied or kept.
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    agent
+        .plan_through(&lease, &["aws_s3_bucket.forbidden"])
+        .await;
+    let decision = agent.proceed().await;
+    assert!(
+        !decision.apply && !decision.upload_workspace,
+        "{decision:?}"
+    );
+    assert_eq!(decision.reason, "the run is FAILED");
+    let failed = s.wait_state(&run.id, pb::RunState::Failed).await;
+    assert_eq!(
+        failed.policy_denies,
+        vec!["no forbidden buckets".to_string()]
+    );
+}

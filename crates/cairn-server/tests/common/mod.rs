@@ -78,7 +78,28 @@ impl TestServer {
         store: Option<std::sync::Arc<dyn cairn_store::Store>>,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), lease_timeout, store, tweak).await
+    }
+
+    /// Stops the server and starts a new one on the same data directory (database, master
+    /// key, artifacts): a control-plane restart.
+    pub async fn restart(mut self, lease_timeout: Duration) -> TestServer {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, lease_timeout, None, |_| {}).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        lease_timeout: Duration,
+        store: Option<std::sync::Arc<dyn cairn_store::Store>>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut cfg = config(dir.path(), lease_timeout);
         tweak(&mut cfg);
         let mut builder = Server::builder(cfg);
