@@ -205,6 +205,7 @@ mod tests {
             "cairn.v1.RunService",
             "cairn.v1.WorkerPoolService",
             "cairn.v1.PolicyService",
+            "cairn.v1.NotificationService",
             "cairn.agent.v1.AgentService",
         ];
         let mut n = 0;
