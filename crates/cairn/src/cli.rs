@@ -436,8 +436,16 @@ pub enum PolicyCmd {
         #[arg(long, value_name = "ID")]
         sample: Option<String>,
     },
-    // `policy test` (Rego unit tests, run locally) joins here; it needs no server connection,
-    // so `commands::policy` dispatches it before connecting.
+    /// Run every `test_*` rule of every `*_test.rego` against the policies beside it, like
+    /// `opa test`; needs no server. Exits 1 when a test fails or errors.
+    Test {
+        /// Directory holding the policies and their tests (searched recursively)
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Also list passing tests
+        #[arg(short, long)]
+        verbose: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

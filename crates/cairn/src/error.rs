@@ -61,6 +61,9 @@ pub enum CliError {
         server_version: String,
     },
 
+    #[error("{failed} of {total} policy tests did not pass")]
+    TestsFailed { failed: usize, total: usize },
+
     #[error("run {run_id} ended {state}")]
     RunNotFinished { run_id: String, state: String },
 
@@ -99,6 +102,7 @@ impl CliError {
             CliError::Profile { .. }
             | CliError::Server { .. }
             | CliError::Io(_)
+            | CliError::TestsFailed { .. }
             | CliError::Other(_) => exit::OTHER,
         }
     }

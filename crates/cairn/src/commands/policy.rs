@@ -1,7 +1,4 @@
 //! `cairn policy …`
-//!
-//! `policy test` (running Rego unit tests locally, without a server) belongs here too: add a
-//! `PolicyCmd::Test` variant and handle it at the top of [`run`], before anything connects.
 
 use cairn_core::validate;
 use cairn_proto::v1 as pb;
@@ -38,6 +35,7 @@ fn read_body(path: &std::path::Path) -> Result<String, CliError> {
 
 pub async fn run(ctx: &Ctx, cmd: PolicyCmd) -> Result<(), CliError> {
     match cmd {
+        PolicyCmd::Test { dir, verbose } => test(ctx, &dir, verbose),
         PolicyCmd::List { kind } => list(ctx, kind).await,
         PolicyCmd::Show { policy } => {
             validate::slug("policy", &policy)?;
@@ -369,5 +367,53 @@ mod tests {
         let c = compact(&long, 10);
         assert_eq!(c.chars().count(), 10);
         assert!(c.ends_with('…'));
+    }
+}
+
+/// `cairn policy test`: local, like `opa test`; regorus does the evaluation, so a policy that
+/// passes here behaves the same on the server.
+fn test(ctx: &Ctx, dir: &std::path::Path, verbose: bool) -> Result<(), CliError> {
+    if !dir.is_dir() {
+        return Err(CliError::Invalid(format!(
+            "{} is not a directory of policies",
+            dir.display()
+        )));
+    }
+    let report = cairn_policy::run_tests(dir).map_err(|e| CliError::Invalid(e.to_string()))?;
+    if report.results.is_empty() {
+        return Err(CliError::Invalid(format!(
+            "no test_* rules found in {} (tests live in *_test.rego files)",
+            dir.display()
+        )));
+    }
+    for r in &report.results {
+        let (label, color) = match &r.outcome {
+            cairn_policy::TestOutcome::Pass if !verbose => continue,
+            cairn_policy::TestOutcome::Pass => ("PASS", Color::Green),
+            cairn_policy::TestOutcome::Fail => ("FAIL", Color::Red),
+            cairn_policy::TestOutcome::Error { .. } => ("ERROR", Color::Red),
+        };
+        let mut line = format!(
+            "{} {}.{} ({}, {:?})",
+            paint(label, color, ctx.color),
+            r.package,
+            r.name,
+            r.file.display(),
+            r.duration
+        );
+        if let cairn_policy::TestOutcome::Error { message } = &r.outcome {
+            line.push_str(&format!(": {message}"));
+        }
+        println!("{line}");
+    }
+    let verdict = if report.success() { "PASS" } else { "FAIL" };
+    println!("{verdict}: {}/{}", report.passed(), report.results.len());
+    if report.success() {
+        Ok(())
+    } else {
+        Err(CliError::TestsFailed {
+            failed: report.results.len() - report.passed(),
+            total: report.results.len(),
+        })
     }
 }
