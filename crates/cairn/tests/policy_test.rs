@@ -40,8 +40,7 @@ fn cairn(dir: &Path, extra: &[&str]) -> (i32, String) {
         .expect("run cairn");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
@@ -57,7 +56,10 @@ fn passing_tests_exit_zero_and_are_listed_with_verbose() {
         "test_nothing_when_failed",
         "test_short_with_form",
     ] {
-        assert!(out.contains(&format!("PASS data.spacelift.{name}")), "{out}");
+        assert!(
+            out.contains(&format!("PASS data.spacelift.{name}")),
+            "{out}"
+        );
     }
     assert!(out.contains("PASS: 3/3"), "{out}");
 }
@@ -68,15 +70,19 @@ fn a_failing_test_is_named_and_exits_non_zero() {
     std::fs::write(dir.path().join("trigger.rego"), POLICY).unwrap();
     std::fs::write(
         dir.path().join("trigger_test.rego"),
-        format!(
-            "{TESTS}\ntest_wrong_stack {{\n  trigger[\"c\"] with input as base\n}}\n"
-        ),
+        format!("{TESTS}\ntest_wrong_stack {{\n  trigger[\"c\"] with input as base\n}}\n"),
     )
     .unwrap();
     let (code, out) = cairn(dir.path(), &[]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("FAIL data.spacelift.test_wrong_stack"), "{out}");
-    assert!(!out.contains("PASS data.spacelift.test_triggers_dependents"), "{out}");
+    assert!(
+        out.contains("FAIL data.spacelift.test_wrong_stack"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("PASS data.spacelift.test_triggers_dependents"),
+        "{out}"
+    );
     assert!(out.contains("FAIL: 3/4"), "{out}");
 }
 
