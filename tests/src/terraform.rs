@@ -9,12 +9,18 @@ pub struct FileResource<'a> {
     pub content: &'a str,
 }
 
-/// A configuration managing `files`, with its state in the local file `state` (outside the
-/// checkout: Cairn does not keep Terraform state, the configuration's backend does).
-pub fn cairntest_config(state: &Path, files: &[FileResource<'_>]) -> String {
+/// A configuration managing `files`. With `local_state`, the state lives in that file (for
+/// Terraform run by hand); without, whoever runs it provides the backend (the Cairn plugin
+/// points Terraform at the control plane's state backend).
+pub fn cairntest_config(local_state: Option<&Path>, files: &[FileResource<'_>]) -> String {
+    let backend = local_state.map_or_else(String::new, |state| {
+        format!(
+            "  backend \"local\" {{\n    path = {}\n  }}\n",
+            hcl_string(&state.display().to_string())
+        )
+    });
     let mut out = format!(
-        "terraform {{\n  required_providers {{\n    cairntest = {{ source = \"cairn.local/test/cairntest\" }}\n  }}\n  backend \"local\" {{\n    path = {}\n  }}\n}}\n",
-        hcl_string(&state.display().to_string())
+        "terraform {{\n  required_providers {{\n    cairntest = {{ source = \"cairn.local/test/cairntest\" }}\n  }}\n{backend}}}\n"
     );
     for f in files {
         out.push_str(&format!(

@@ -10,7 +10,7 @@ use cairn_tests::{
 };
 use pb::RunState as S;
 
-/// A temporary directory for files the vendors manage and for Terraform state.
+/// A temporary directory for the files the vendors manage, outside every checkout.
 struct Outside {
     dir: tempfile::TempDir,
 }
@@ -24,10 +24,6 @@ impl Outside {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    fn state(&self) -> PathBuf {
-        self.path("terraform.tfstate")
     }
 }
 
@@ -70,7 +66,7 @@ async fn tracked_run_applies_exactly_the_reviewed_plan() -> Result<()> {
     let repo = GitRepo::new()?;
     let config = |content_a: &str| {
         cairntest_config(
-            &out.state(),
+            None,
             &[
                 FileResource {
                     name: "a",
@@ -173,7 +169,7 @@ async fn autodeploy_then_no_op_then_proposed() -> Result<()> {
     let repo = GitRepo::new()?;
     let config = |content: &str| {
         cairntest_config(
-            &out.state(),
+            None,
             &[FileResource {
                 name: "hello",
                 path: &file,
@@ -233,7 +229,7 @@ async fn gate_stack(server: &TestServer, out: &Outside, env: Vec<pb::EnvVar>) ->
     repo.write(
         "main.tf",
         &cairntest_config(
-            &out.state(),
+            None,
             &[FileResource {
                 name: "f",
                 path: &file,
@@ -316,7 +312,7 @@ async fn opentofu_plugin_end_to_end() -> Result<()> {
     repo.write(
         "main.tf",
         &cairntest_config(
-            &out.state(),
+            None,
             &[FileResource {
                 name: "tofu",
                 path: &file,

@@ -39,7 +39,7 @@ async fn one_trace_per_run_across_server_and_agent() -> Result<()> {
     repo.write(
         "main.tf",
         &cairntest_config(
-            &out.path().join("terraform.tfstate"),
+            None,
             &[FileResource {
                 name: "traced",
                 path: &file,

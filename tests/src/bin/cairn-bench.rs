@@ -299,7 +299,7 @@ fn policy(quick: bool) -> Result<()> {
 
 const RESOURCES: usize = 10;
 
-fn config(out: &Path) -> String {
+fn config(out: &Path, local_state: bool) -> String {
     let paths: Vec<(String, PathBuf)> = (0..RESOURCES)
         .map(|i| (format!("f{i}"), out.join(format!("f{i}.txt"))))
         .collect();
@@ -311,7 +311,8 @@ fn config(out: &Path) -> String {
             content: "benchmark",
         })
         .collect();
-    cairntest_config(&out.join("terraform.tfstate"), &files)
+    let state = out.join("terraform.tfstate");
+    cairntest_config(local_state.then_some(state.as_path()), &files)
 }
 
 fn terraform(dir: &Path, args: &[&str]) -> Result<()> {
@@ -335,7 +336,8 @@ fn by_hand(root: &Path) -> Result<Duration> {
     let out = root.join("out");
     std::fs::create_dir_all(&project).map_err(|e| Error::io("mkdir", e))?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io("mkdir", e))?;
-    std::fs::write(project.join("main.tf"), config(&out)).map_err(|e| Error::io("main.tf", e))?;
+    std::fs::write(project.join("main.tf"), config(&out, true))
+        .map_err(|e| Error::io("main.tf", e))?;
     let started = Instant::now();
     terraform(&project, &["init", "-input=false", "-no-color"])?;
     terraform(
@@ -397,11 +399,11 @@ fn plugin_dir() -> Result<PathBuf> {
 
 /// The same configuration as a tracked run of an autodeploy stack: trigger to FINISHED, with a
 /// real server and a real agent (in this process) running the real plugin.
-async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<Duration> {
+async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<(Duration, String)> {
     let out = root.join("out");
     std::fs::create_dir_all(&out).map_err(|e| Error::io("mkdir", e))?;
     let repo = GitRepo::new()?;
-    repo.write("main.tf", &config(&out))?;
+    repo.write("main.tf", &config(&out, false))?;
     let sha = repo.commit_and_push("ten files")?;
     let id = format!("tf-{i}");
     server
@@ -421,7 +423,22 @@ async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<Dur
             run.delta
         )));
     }
-    Ok(took)
+    Ok((took, phases(&run)))
+}
+
+/// Time spent in each state of a run, from its history ("QUEUED 3ms, PREPARING 120ms, ...").
+fn phases(run: &pb::Run) -> String {
+    run.states_history
+        .windows(2)
+        .map(|w| {
+            let state = pb::RunState::try_from(w[0].state)
+                .map(|s| s.as_str_name().trim_start_matches("RUN_STATE_").to_string())
+                .unwrap_or_default();
+            let nanos = w[1].timestamp.saturating_sub(w[0].timestamp);
+            format!("{state} {:.0}ms", nanos as f64 / 1e6)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn terraform_overhead(quick: bool) -> Result<()> {
@@ -450,9 +467,10 @@ async fn terraform_overhead(quick: bool) -> Result<()> {
         let h = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
         hand.push(tokio::task::block_in_place(|| by_hand(h.path()))?);
         let c = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
-        cairn.push(through_cairn(&server, c.path(), i).await?);
+        let (took, phases) = through_cairn(&server, c.path(), i).await?;
+        cairn.push(took);
         println!(
-            "[terraform] round {}: by hand {:.0}ms, through Cairn {:.0}ms",
+            "[terraform] round {}: by hand {:.0}ms, through Cairn {:.0}ms ({phases})",
             i + 1,
             ms(hand[i]),
             ms(cairn[i])
