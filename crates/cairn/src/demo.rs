@@ -378,21 +378,28 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The "try this" block printed after the demo was set up.
+/// The "try this" block printed after the demo was set up. Git runs with `-C` so that the
+/// commands stay in the dev directory, where the CLI finds `.cairn/admin.key`.
 pub fn try_this(data_dir: &Path, stacks: &[String]) -> String {
     let infra = data_dir.join(DEMO_DIR).join("infra");
-    let mut s = String::from("Demo set up (");
-    s.push_str(&stacks.join(", "));
-    s.push_str(&format!(") over {}. Try this:\n", infra.display()));
+    let infra = infra.display();
+    let mut s = format!(
+        "Demo set up ({}) in {infra}. Try this:\n",
+        stacks.join(", ")
+    );
     if stacks.iter().any(|s| s == "network") {
         s.push_str(&format!(
-            "  cd {}\n  $EDITOR network/main.tf      # change a subnet's content\n  git commit -am 'network: change' && git push\n  cairn run list network           # a tracked run plans, then waits UNCONFIRMED\n  cairn run confirm <run id>       # applies; then watch app get triggered:\n  cairn run list app\n",
-            infra.display()
+            "  $EDITOR {infra}/network/main.tf   # change a subnet's content\n  \
+             git -C {infra} commit -qam 'network: change' && git -C {infra} push -q\n  \
+             cairn run list network        # a tracked run plans, then waits UNCONFIRMED\n  \
+             cairn run confirm <run id>    # applies; then watch app get triggered:\n  \
+             cairn run list app\n"
         ));
     } else if stacks.iter().any(|s| s == "config") {
         s.push_str(&format!(
-            "  cd {}\n  $EDITOR config/playbook.yml\n  git commit -am 'config: change' && git push\n  cairn run list config\n",
-            infra.display()
+            "  $EDITOR {infra}/config/playbook.yml\n  \
+             git -C {infra} commit -qam 'config: change' && git -C {infra} push -q\n  \
+             cairn run list config\n"
         ));
     }
     s.push_str("  (a push to another branch makes a proposed run: plan only)\n");
