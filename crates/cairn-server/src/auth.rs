@@ -72,6 +72,10 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/cairn.v1.PolicyService/ListPolicySamples", R(Reader)),
     // Evaluates caller-supplied code (bounded by the policy time budget): not for readers.
     ("/cairn.v1.PolicyService/SimulatePolicy", R(Writer)),
+    // Integrations hold secrets (write-only); ingesting an event starts runs.
+    ("/cairn.v1.VcsService/CreateIntegration", R(Admin)),
+    ("/cairn.v1.VcsService/ListIntegrations", R(Reader)),
+    ("/cairn.v1.VcsService/IngestEvent", R(Writer)),
     // Webhook URLs and secrets reach outside: admins only; the log is operational data.
     ("/cairn.v1.NotificationService/CreateWebhook", R(Admin)),
     ("/cairn.v1.NotificationService/ListWebhooks", R(Reader)),
@@ -206,6 +210,7 @@ mod tests {
             "cairn.v1.WorkerPoolService",
             "cairn.v1.PolicyService",
             "cairn.v1.NotificationService",
+            "cairn.v1.VcsService",
             "cairn.agent.v1.AgentService",
         ];
         let mut n = 0;

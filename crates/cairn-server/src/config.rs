@@ -39,6 +39,11 @@ pub struct Config {
     pub max_workflow_runs: u32,
     /// Evaluation samples kept per policy (the newest).
     pub policy_samples_kept: u32,
+    /// The largest webhook body accepted (`/webhooks/…`), in bytes; larger ones get 413.
+    pub webhook_max_bytes: u64,
+    /// How often plain-Git repositories (local paths, `file://` URLs, GIT integrations without
+    /// their own interval) are polled with `git ls-remote`.
+    pub git_poll_interval: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +60,8 @@ impl Default for Config {
             otlp_endpoint: None,
             max_workflow_runs: 100,
             policy_samples_kept: 100,
+            webhook_max_bytes: crate::vcs::DEFAULT_WEBHOOK_MAX_BYTES,
+            git_poll_interval: Duration::from_secs(2),
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct ConfigLayer {
     pub otlp_endpoint: Option<String>,
     pub max_workflow_runs: Option<u32>,
     pub policy_samples_kept: Option<u32>,
+    pub webhook_max_bytes: Option<u64>,
+    #[serde(default, with = "opt_duration")]
+    pub git_poll_interval: Option<Duration>,
 }
 
 impl Config {
@@ -120,6 +130,8 @@ impl Config {
             otlp_endpoint,
             max_workflow_runs,
             policy_samples_kept,
+            webhook_max_bytes,
+            git_poll_interval,
         } = layer;
         if let Some(v) = listen {
             self.listen = v;
@@ -154,6 +166,12 @@ impl Config {
         }
         if let Some(v) = policy_samples_kept {
             self.policy_samples_kept = v;
+        }
+        if let Some(v) = webhook_max_bytes {
+            self.webhook_max_bytes = v;
+        }
+        if let Some(v) = git_poll_interval {
+            self.git_poll_interval = v;
         }
     }
 
@@ -227,7 +245,8 @@ impl ConfigLayer {
     /// `CAIRN_LISTEN`, `CAIRN_DATA_DIR`, `CAIRN_DATABASE_URL`, `CAIRN_PUBLIC_URL`,
     /// `CAIRN_STATE_MAX_BYTES`, `CAIRN_LEASE_TIMEOUT`,
     /// `CAIRN_HEARTBEAT_INTERVAL`, `CAIRN_ARTIFACT_DIR`, `CAIRN_OTLP_ENDPOINT`,
-    /// `CAIRN_MAX_WORKFLOW_RUNS`, `CAIRN_POLICY_SAMPLES_KEPT`.
+    /// `CAIRN_MAX_WORKFLOW_RUNS`, `CAIRN_POLICY_SAMPLES_KEPT`, `CAIRN_WEBHOOK_MAX_BYTES`,
+    /// `CAIRN_GIT_POLL_INTERVAL`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<ConfigLayer, ServerError> {
         let get = |name: &str| env(name).filter(|v| !v.is_empty() || name.ends_with("_URL"));
         let parse_err = |name: &str, e: String| ServerError::Config(format!("{name}: {e}"));
@@ -266,6 +285,15 @@ impl ConfigLayer {
                     v.parse()
                         .map_err(|e| parse_err("CAIRN_POLICY_SAMPLES_KEPT", format!("{e}")))
                 })
+                .transpose()?,
+            webhook_max_bytes: get("CAIRN_WEBHOOK_MAX_BYTES")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| parse_err("CAIRN_WEBHOOK_MAX_BYTES", format!("{e}")))
+                })
+                .transpose()?,
+            git_poll_interval: get("CAIRN_GIT_POLL_INTERVAL")
+                .map(|v| parse_duration(&v).map_err(|e| parse_err("CAIRN_GIT_POLL_INTERVAL", e)))
                 .transpose()?,
         })
     }

@@ -25,6 +25,7 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod state_backend;
+pub mod vcs;
 
 pub use config::{Config, ConfigLayer};
 pub use error::ServerError;

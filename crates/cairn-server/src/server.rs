@@ -12,6 +12,7 @@ use cairn_proto::v1::policy_service_server::PolicyServiceServer;
 use cairn_proto::v1::run_service_server::RunServiceServer;
 use cairn_proto::v1::stack_service_server::StackServiceServer;
 use cairn_proto::v1::system_service_server::SystemServiceServer;
+use cairn_proto::v1::vcs_service_server::VcsServiceServer;
 use cairn_proto::v1::worker_pool_service_server::WorkerPoolServiceServer;
 use cairn_store::{Store, StoreError};
 use tokio::net::TcpListener;
@@ -179,6 +180,9 @@ impl Server {
         health.set_serving::<AgentServiceServer<AgentSvc>>().await;
         health.set_serving::<PolicyServiceServer<PolicySvc>>().await;
         health
+            .set_serving::<VcsServiceServer<crate::services::vcs::VcsSvc>>()
+            .await;
+        health
             .set_serving::<NotificationServiceServer<NotificationSvc>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -203,6 +207,9 @@ impl Server {
         .add_service(PolicyServiceServer::new(PolicySvc {
             state: state.clone(),
         }))
+        .add_service(VcsServiceServer::new(crate::services::vcs::VcsSvc {
+            state: state.clone(),
+        }))
         .add_service(NotificationServiceServer::new(NotificationSvc {
             state: state.clone(),
         }))
@@ -216,7 +223,8 @@ impl Server {
         ));
         let http = axum::Router::new()
             .route("/healthz", get(healthz))
-            .merge(crate::state_backend::router(state.clone()));
+            .merge(crate::state_backend::router(state.clone()))
+            .merge(crate::vcs::webhook::router(state.clone()));
         Ok(http.merge(grpc))
     }
 
@@ -235,6 +243,8 @@ impl Server {
         tracing::info!(addr = ?addr, "cairn server listening");
         let scheduler = tokio::spawn(crate::agents::scheduler(self.state.clone()));
         let triggers = tokio::spawn(crate::policies::trigger::run_loop(self.state.clone()));
+        // Also processes what a previous process stored but did not process.
+        let vcs_tasks = crate::vcs::spawn(self.state.clone());
         let notifications = tokio::spawn(crate::notify::run_loop(self.state.clone()));
         let token = self.state.shutdown.clone();
         let stop = async move {
@@ -250,6 +260,9 @@ impl Server {
         self.state.shutdown.cancel();
         let _ = scheduler.await;
         let _ = triggers.await;
+        for t in vcs_tasks {
+            let _ = t.await;
+        }
         let _ = notifications.await;
         served.map_err(|e| ServerError::io("serving", e))
     }

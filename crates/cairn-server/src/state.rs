@@ -35,6 +35,8 @@ pub struct AppState {
     pub wake: Notify,
     pub shutdown: CancellationToken,
     pub state_backend: crate::state_backend::StateBackend,
+    /// Webhook deliveries and the plain-Git poller.
+    pub vcs: crate::vcs::Vcs,
     /// Next log seq per active run; lines are numbered here so that agent lines and the
     /// server's own system lines share one sequence.
     log_seq: tokio::sync::Mutex<HashMap<String, i64>>,
@@ -62,6 +64,7 @@ impl AppState {
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
             state_backend: Default::default(),
+            vcs: Default::default(),
             log_seq: Default::default(),
             traceparents: Default::default(),
         }

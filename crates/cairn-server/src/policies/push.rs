@@ -62,6 +62,21 @@ pub async fn handle_push(state: &AppState, event: &PushEvent) -> Result<Vec<Push
     Ok(out)
 }
 
+/// [`handle_push`] for the given stacks only, whatever their `repository` (for callers that
+/// match repositories and integrations themselves, e.g. the VCS webhook processor).
+pub async fn handle_push_for(
+    state: &AppState,
+    stacks: &[Stack],
+    event: &PushEvent,
+) -> Result<Vec<PushResult>> {
+    let all = state.store.all_policies().await?;
+    let mut out = Vec::new();
+    for stack in stacks {
+        out.push(handle_stack(state, &all, stack, event).await?);
+    }
+    Ok(out)
+}
+
 fn in_progress(runs: &[Run]) -> Vec<InProgressRun> {
     runs.iter()
         .filter(|r| matches!(r.state, RunState::Queued | RunState::Unconfirmed))

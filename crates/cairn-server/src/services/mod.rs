@@ -6,6 +6,7 @@ pub mod policy;
 pub mod run;
 pub mod stack;
 pub mod system;
+pub mod vcs;
 pub mod worker_pool;
 
 use cairn_store::Page;

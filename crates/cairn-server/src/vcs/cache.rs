@@ -1,0 +1,94 @@
+//! Server-side git: `git ls-remote` of a repository and a bare cache per repository under
+//! `<data_dir>/git-cache`, fetched before diffs are computed. Blocking: call from
+//! `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cairn_store::GitRefRecord;
+
+use crate::error::{Result, ServerError};
+
+/// Plain-Git repositories the server can reach by itself: local paths and `file://` URLs.
+pub fn is_local(repository: &str) -> bool {
+    let r = repository.trim();
+    r.starts_with('/') || r.starts_with("file://") || r.starts_with("./")
+}
+
+fn check_repo(repository: &str) -> Result<&str> {
+    let r = repository.trim();
+    // A leading dash would be read as an option by git.
+    if r.is_empty() || r.starts_with('-') || r.chars().any(char::is_control) {
+        return Err(ServerError::invalid(
+            "repository",
+            format!("{repository:?} is not a git repository location"),
+        ));
+    }
+    Ok(r)
+}
+
+fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    let out = cmd
+        .args(args)
+        .env("LC_ALL", "C")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ServerError::Unavailable(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(ServerError::Unavailable(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// Branches and tags of `repository` (peeled tag entries left out), ordered by name.
+pub fn ls_remote(repository: &str) -> Result<Vec<GitRefRecord>> {
+    let repo = check_repo(repository)?;
+    let out = git(None, &["ls-remote", "--heads", "--tags", repo])?;
+    let mut refs: Vec<GitRefRecord> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, name)| !name.ends_with("^{}"))
+        .map(|(sha, name)| GitRefRecord {
+            name: name.trim().to_string(),
+            sha: sha.trim().to_string(),
+        })
+        .collect();
+    refs.sort();
+    Ok(refs)
+}
+
+/// The bare cache of `repository` in `cache_root`, created if missing and fetched (every
+/// branch and tag, forced and pruned, so that it mirrors the repository).
+pub fn fetch(cache_root: &Path, repository: &str) -> Result<PathBuf> {
+    let repo = check_repo(repository)?;
+    let name = crate::crypto::sha256_hex(repo.as_bytes());
+    let dir = cache_root.join(format!("{}.git", &name[..24]));
+    if !dir.join("HEAD").exists() {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServerError::io(format!("creating {}", dir.display()), e))?;
+        git(Some(&dir), &["init", "--quiet", "--bare"])?;
+    }
+    git(
+        Some(&dir),
+        &[
+            "fetch",
+            "--quiet",
+            "--force",
+            "--prune",
+            "--no-tags",
+            repo,
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+        ],
+    )?;
+    Ok(dir)
+}

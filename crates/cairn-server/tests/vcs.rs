@@ -1,0 +1,797 @@
+//! VCS integrations, webhooks and the plain-Git poller against a real server: real octokit
+//! payloads signed as GitHub signs them, real git repositories and `git push`, and a real
+//! `cairn server` process killed right after acknowledging a delivery.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_proto::v1 as pb;
+use cairn_proto::v1::vcs_service_client::VcsServiceClient;
+use common::{Authed, Bearer, TestServer};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::service::interceptor::InterceptedService;
+
+const SECRET: &str = "It's a Secret to Everybody";
+
+fn examples_index() -> Value {
+    let tools = std::env::var_os("CAIRN_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools"));
+    let path = tools.join("node/node_modules/@octokit/webhooks-examples/api.github.com/index.json");
+    let text = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run `cargo xtask provision` (it installs @octokit/webhooks-examples)",
+            path.display()
+        )
+    });
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// The first example of `event` for which `pick` holds.
+fn example(event: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let index = examples_index();
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == event)
+        .and_then(|e| e["examples"].as_array().unwrap().iter().find(|x| pick(x)))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {event} example"))
+}
+
+fn master_push() -> Value {
+    example("push", |x| {
+        x["ref"] == "refs/heads/master" && x["commits"].as_array().is_some_and(|c| !c.is_empty())
+    })
+}
+
+/// A POST over a plain TCP connection: (status, body).
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The server may answer (413) and close before reading a large body.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status, body.unwrap_or_default())
+}
+
+fn github_headers(event: &str, delivery: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-GitHub-Event", event.to_string()),
+        ("X-GitHub-Delivery", delivery.to_string()),
+        (
+            "X-Hub-Signature-256",
+            cairn_vcs::github_signature(SECRET.as_bytes(), body),
+        ),
+    ]
+}
+
+fn vcs(server: &TestServer) -> VcsServiceClient<Authed> {
+    VcsServiceClient::new(InterceptedService::new(
+        server.channel.clone(),
+        Bearer(Some(server.admin.clone())),
+    ))
+}
+
+async fn integration(server: &TestServer, id: &str, provider: pb::VcsProvider) -> pb::Integration {
+    vcs(server)
+        .create_integration(pb::CreateIntegrationRequest {
+            integration: Some(pb::Integration {
+                id: id.into(),
+                provider: provider as i32,
+                webhook_secret: SECRET.into(),
+                token: "ghp_not_returned".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .integration
+        .unwrap()
+}
+
+async fn stack(
+    server: &TestServer,
+    id: &str,
+    repository: &str,
+    branch: &str,
+    root: &str,
+    vcs: &str,
+) {
+    server
+        .stacks(&server.admin)
+        .create_stack(pb::CreateStackRequest {
+            stack: Some(pb::Stack {
+                id: id.into(),
+                name: id.into(),
+                repository: repository.into(),
+                branch: branch.into(),
+                project_root: root.into(),
+                vendor: "terraform".into(),
+                vcs_integration_id: vcs.into(),
+                ..Default::default()
+            }),
+            env: vec![],
+        })
+        .await
+        .unwrap();
+}
+
+async fn runs(server: &TestServer, stack_id: &str) -> Vec<pb::Run> {
+    server
+        .runs(&server.admin)
+        .list_runs(pb::ListRunsRequest {
+            stack_id: stack_id.into(),
+            page: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs
+}
+
+/// Waits until every stored event is processed.
+async fn settled(server: &TestServer) {
+    for _ in 0..3000 {
+        if server
+            .state
+            .store
+            .unprocessed_vcs_events()
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("VCS events never processed");
+}
+
+async fn wait_runs(server: &TestServer, stack_id: &str, n: usize) -> Vec<pb::Run> {
+    for _ in 0..3000 {
+        let r = runs(server, stack_id).await;
+        if r.len() >= n {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("stack {stack_id} never got {n} runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_keep_their_secrets() {
+    let server = TestServer::start().await;
+    let created = integration(&server, "gh", pb::VcsProvider::Github).await;
+    assert_eq!(created.provider, pb::VcsProvider::Github as i32);
+    assert!(created.webhook_secret.is_empty() && created.token.is_empty());
+    let listed = vcs(&server)
+        .list_integrations(pb::ListIntegrationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .integrations;
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].webhook_secret.is_empty() && listed[0].token.is_empty());
+    // Sealed at rest: the stored bytes are not the secret.
+    let stored = server.state.store.get_vcs_integration("gh").await.unwrap();
+    assert!(!stored.webhook_secret.is_empty());
+    assert!(!stored
+        .webhook_secret
+        .windows(SECRET.len())
+        .any(|w| w == SECRET.as_bytes()));
+    // GitHub integrations need a secret; readers cannot create.
+    let err = vcs(&server)
+        .create_integration(pb::CreateIntegrationRequest {
+            integration: Some(pb::Integration {
+                provider: pb::VcsProvider::Github as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let reader = server.key("rita", pb::Role::Reader).await;
+    let mut as_reader = VcsServiceClient::new(InterceptedService::new(
+        server.channel.clone(),
+        Bearer(Some(reader)),
+    ));
+    let err = as_reader
+        .create_integration(pb::CreateIntegrationRequest {
+            integration: Some(pb::Integration {
+                provider: pb::VcsProvider::Git as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_octokit_push_creates_runs_for_matching_stacks() {
+    let server = TestServer::start().await;
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    // Three spellings of the payload's repository, one other repository, one unaffected root.
+    stack(
+        &server,
+        "by-name",
+        "Codertocat/Hello-World",
+        "master",
+        "",
+        "",
+    )
+    .await;
+    stack(
+        &server,
+        "by-url",
+        "https://github.com/Codertocat/Hello-World",
+        "dev",
+        "",
+        "gh",
+    )
+    .await;
+    stack(
+        &server,
+        "by-ssh",
+        "git@github.com:Codertocat/Hello-World.git",
+        "master",
+        "",
+        "",
+    )
+    .await;
+    stack(&server, "other-repo", "Codertocat/Other", "master", "", "").await;
+    stack(
+        &server,
+        "other-root",
+        "Codertocat/Hello-World",
+        "master",
+        "network",
+        "",
+    )
+    .await;
+    stack(
+        &server,
+        "other-vcs",
+        "Codertocat/Hello-World",
+        "master",
+        "",
+        "gl",
+    )
+    .await;
+
+    let ping = example("ping", |x| x["repository"].is_object());
+    let body = serde_json::to_vec(&ping).unwrap();
+    let (status, text) = post(
+        server.addr,
+        "/webhooks/github/gh",
+        &github_headers("ping", "p-1", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+
+    let body = serde_json::to_vec(&master_push()).unwrap();
+    let (status, text) = post(
+        server.addr,
+        "/webhooks/github/gh",
+        &github_headers("push", "d-1", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "accepted");
+    settled(&server).await;
+
+    let tracked = wait_runs(&server, "by-name", 1).await;
+    assert_eq!(tracked.len(), 1);
+    assert_eq!(tracked[0].r#type, pb::RunType::Tracked as i32);
+    let commit = tracked[0].commit.clone().unwrap();
+    assert_eq!(commit.hash, "6113728f27ae82c7b1a177c8d03f9e96e0adf246");
+    assert_eq!(commit.branch, "master");
+    assert_eq!(commit.message, "Initial commit");
+    // Tracked runs move the head commit.
+    let s = server.state.store.get_stack("by-name").await.unwrap();
+    assert_eq!(
+        s.tracked_commit.map(|c| c.hash).as_deref(),
+        Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246")
+    );
+    // Not the tracked branch: a proposed run.
+    let proposed = runs(&server, "by-url").await;
+    assert_eq!(proposed.len(), 1);
+    assert_eq!(proposed[0].r#type, pb::RunType::Proposed as i32);
+    assert_eq!(runs(&server, "by-ssh").await.len(), 1);
+    assert!(runs(&server, "other-repo").await.is_empty());
+    assert!(runs(&server, "other-root").await.is_empty());
+    assert!(runs(&server, "other-vcs").await.is_empty());
+
+    // The same delivery again: 200 duplicate, nothing new.
+    let (status, text) = post(
+        server.addr,
+        "/webhooks/github/gh",
+        &github_headers("push", "d-1", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "duplicate");
+    // A redelivery under a new id is stored but the (stack, sha, type) dedup creates nothing.
+    let (status, _) = post(
+        server.addr,
+        "/webhooks/github/gh",
+        &github_headers("push", "d-2", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202);
+    settled(&server).await;
+    assert_eq!(runs(&server, "by-name").await.len(), 1);
+    assert_eq!(runs(&server, "by-url").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deliveries_are_refused_and_store_nothing() {
+    let server = TestServer::start_configured(Duration::from_secs(30), None, |c| {
+        c.webhook_max_bytes = 64 * 1024;
+    })
+    .await;
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    integration(&server, "gl", pb::VcsProvider::Gitlab).await;
+    stack(&server, "s", "Codertocat/Hello-World", "master", "", "").await;
+    let body = serde_json::to_vec(&master_push()).unwrap();
+    let url = "/webhooks/github/gh";
+
+    let mut wrong = github_headers("push", "x-1", &body);
+    wrong[2].1 = cairn_vcs::github_signature(b"another secret", &body);
+    assert_eq!(post(server.addr, url, &wrong, &body).await.0, 401);
+    let missing = &github_headers("push", "x-2", &body)[..2];
+    assert_eq!(post(server.addr, url, missing, &body).await.0, 401);
+    // Signed, but not the signed body.
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    assert_eq!(
+        post(
+            server.addr,
+            url,
+            &github_headers("push", "x-3", &body),
+            &tampered
+        )
+        .await
+        .0,
+        401
+    );
+
+    let malformed = b"{\"ref\": ".to_vec();
+    let (status, text) = post(
+        server.addr,
+        url,
+        &github_headers("push", "x-4", &malformed),
+        &malformed,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = post(
+        server.addr,
+        url,
+        &github_headers("deployment", "x-5", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("deployment"), "{text}");
+
+    let big = vec![b' '; 65 * 1024];
+    assert_eq!(
+        post(server.addr, url, &github_headers("push", "x-6", &big), &big)
+            .await
+            .0,
+        413
+    );
+
+    let headers = github_headers("push", "x-7", &body);
+    assert_eq!(
+        post(server.addr, "/webhooks/github/nope", &headers, &body)
+            .await
+            .0,
+        404
+    );
+    // A GitLab integration behind the GitHub route is not found either.
+    assert_eq!(
+        post(server.addr, "/webhooks/github/gl", &headers, &body)
+            .await
+            .0,
+        404
+    );
+    // GitLab: the token header must match the secret.
+    let gl = [
+        ("X-Gitlab-Event", "Push Hook".to_string()),
+        ("X-Gitlab-Token", "wrong".to_string()),
+    ];
+    assert_eq!(
+        post(server.addr, "/webhooks/gitlab/gl", &gl, b"{}").await.0,
+        401
+    );
+
+    // The query form reaches the same handler.
+    let (status, _) = post(
+        server.addr,
+        "/webhooks/github?integration=gh",
+        &github_headers("push", "ok-1", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202);
+    settled(&server).await;
+    assert_eq!(runs(&server, "s").await.len(), 1);
+    for d in ["x-1", "x-2", "x-3", "x-4", "x-5", "x-6", "x-7"] {
+        assert!(
+            server
+                .state
+                .store
+                .get_vcs_event_by_delivery("gh", d)
+                .await
+                .is_err(),
+            "{d} stored"
+        );
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Alice")
+        .env("GIT_AUTHOR_EMAIL", "alice@example.com")
+        .env("GIT_COMMITTER_NAME", "Alice")
+        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository with `main` holding `network/main.tf`, and a work clone of it.
+fn repos(root: &Path) -> (PathBuf, PathBuf) {
+    let bare = root.join("infra.git");
+    let work = root.join("work");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(
+        &bare,
+        &["init", "--quiet", "--bare", "--initial-branch=main"],
+    );
+    std::fs::create_dir_all(work.join("network")).unwrap();
+    git(&work, &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(work.join("network/main.tf"), "# v1\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "--quiet", "-m", "first"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    (bare, work)
+}
+
+fn commit(work: &Path, file: &str, text: &str, message: &str) -> String {
+    let path = work.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    git(work, &["add", "."]);
+    git(work, &["commit", "--quiet", "-m", message]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_request_for_one_commit_make_one_run() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    // Bound to the GitHub integration, so that the poller leaves it to the webhooks.
+    stack(&server, "s", &repo, "main", "network", "gh").await;
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "-b", "changes"]);
+    let head = commit(&work, "network/vpc.tf", "# vpc\n", "add vpc");
+    git(&work, &["push", "--quiet", "origin", "changes"]);
+
+    // The octokit pull request, pointed at the local repository and commits.
+    let mut pr = example("pull_request", |x| x["action"] == "opened");
+    for side in ["head", "base"] {
+        pr["pull_request"][side]["repo"]["clone_url"] = Value::from(repo.clone());
+        pr["pull_request"][side]["repo"]["full_name"] = Value::from("local/infra");
+    }
+    pr["repository"]["clone_url"] = Value::from(repo.clone());
+    pr["repository"]["full_name"] = Value::from("local/infra");
+    pr["pull_request"]["head"]["sha"] = Value::from(head.clone());
+    pr["pull_request"]["head"]["ref"] = Value::from("changes");
+    pr["pull_request"]["base"]["sha"] = Value::from(base.clone());
+    pr["pull_request"]["base"]["ref"] = Value::from("main");
+    let resp = vcs(&server)
+        .ingest_event(pb::IngestEventRequest {
+            integration_id: "gh".into(),
+            event_type: "pull_request".into(),
+            delivery_id: "pr-1".into(),
+            payload: serde_json::to_vec(&pr).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.duplicate);
+    assert_eq!(resp.run_ids.len(), 1, "{resp:?}");
+    let run = server.get_run(&resp.run_ids[0]).await;
+    assert_eq!(run.r#type, pb::RunType::Proposed as i32);
+    assert_eq!(run.commit.as_ref().unwrap().hash, head);
+
+    // The push of the same commit (payload file lists complete): no second run.
+    let mut push = master_push();
+    push["ref"] = Value::from("refs/heads/changes");
+    push["before"] = Value::from(base.clone());
+    push["after"] = Value::from(head.clone());
+    push["commits"][0]["id"] = Value::from(head.clone());
+    push["commits"][0]["added"] = serde_json::json!(["network/vpc.tf"]);
+    push["head_commit"] = push["commits"][0].clone();
+    push["repository"]["clone_url"] = Value::from(repo.clone());
+    push["repository"]["full_name"] = Value::from("local/infra");
+    let resp = vcs(&server)
+        .ingest_event(pb::IngestEventRequest {
+            integration_id: "gh".into(),
+            event_type: "push".into(),
+            delivery_id: "push-1".into(),
+            payload: serde_json::to_vec(&push).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.run_ids.is_empty(), "{resp:?}");
+    assert_eq!(runs(&server, "s").await.len(), 1);
+    // IngestEvent is idempotent too.
+    let again = vcs(&server)
+        .ingest_event(pb::IngestEventRequest {
+            integration_id: "gh".into(),
+            event_type: "push".into(),
+            delivery_id: "push-1".into(),
+            payload: serde_json::to_vec(&push).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(runs(&server, "s").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_start_nothing_by_default() {
+    let server = TestServer::start().await;
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    stack(&server, "s", "Codertocat/Hello-World", "master", "", "").await;
+    let mut pr = example("pull_request", |x| x["action"] == "opened");
+    pr["pull_request"]["head"]["repo"]["full_name"] = Value::from("mallory/Hello-World");
+    pr["pull_request"]["head"]["repo"]["owner"]["login"] = Value::from("mallory");
+    let resp = vcs(&server)
+        .ingest_event(pb::IngestEventRequest {
+            integration_id: "gh".into(),
+            event_type: "pull_request".into(),
+            delivery_id: "fork-1".into(),
+            payload: serde_json::to_vec(&pr).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.run_ids.is_empty());
+    assert!(runs(&server, "s").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_git_push_is_polled_into_runs() {
+    let server = TestServer::start_configured(Duration::from_secs(30), None, |c| {
+        c.git_poll_interval = Duration::from_millis(300);
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    stack(&server, "s", &repo, "main", "network", "").await;
+    // The first poll only records the refs.
+    for _ in 0..3000 {
+        if !server.state.store.git_refs(&repo).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(runs(&server, "s").await.is_empty());
+
+    let tracked_sha = commit(&work, "network/main.tf", "# v2\n", "change network");
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let r = wait_runs(&server, "s", 1).await;
+    assert_eq!(r[0].r#type, pb::RunType::Tracked as i32);
+    let c = r[0].commit.clone().unwrap();
+    assert_eq!(
+        (c.hash.as_str(), c.branch.as_str()),
+        (tracked_sha.as_str(), "main")
+    );
+    assert_eq!(c.message, "change network");
+    assert_eq!(c.author, "Alice");
+
+    // A new branch is compared with main: only its own change counts.
+    git(&work, &["checkout", "--quiet", "-b", "feature"]);
+    let feature_sha = commit(&work, "network/extra.tf", "# extra\n", "feature work");
+    git(&work, &["push", "--quiet", "origin", "feature"]);
+    let r = wait_runs(&server, "s", 2).await;
+    assert_eq!(r[0].r#type, pb::RunType::Proposed as i32);
+    let c = r[0].commit.clone().unwrap();
+    assert_eq!(
+        (c.hash.as_str(), c.branch.as_str()),
+        (feature_sha.as_str(), "feature")
+    );
+
+    // Outside the project root: nothing.
+    commit(&work, "docs/README.md", "docs\n", "docs only");
+    git(&work, &["push", "--quiet", "origin", "feature"]);
+    let now_sha = git(&work, &["rev-parse", "HEAD"]);
+    for _ in 0..3000 {
+        let refs = server.state.store.git_refs(&repo).await.unwrap();
+        if refs.iter().any(|r| r.sha == now_sha) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runs(&server, "s").await.len(), 2);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cairn_binary() -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/cairn");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p cairn` first",
+        bin.display()
+    );
+    bin
+}
+
+fn spawn_server(dir: &Path, port: u16) -> std::process::Child {
+    Command::new(cairn_binary())
+        .arg("server")
+        .env("CAIRN_DATA_DIR", dir)
+        .env("CAIRN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CAIRN_GIT_POLL_INTERVAL", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn connect(port: u16) -> tonic::transport::Channel {
+    for _ in 0..1500 {
+        if let Ok(c) = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("server on port {port} never came up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_acknowledged_before_a_crash_is_processed_after_restart() {
+    use cairn_proto::v1::run_service_client::RunServiceClient;
+    use cairn_proto::v1::stack_service_client::StackServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port);
+    let channel = connect(port).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let authed = || InterceptedService::new(channel.clone(), Bearer(Some(admin.clone())));
+    VcsServiceClient::new(authed())
+        .create_integration(pb::CreateIntegrationRequest {
+            integration: Some(pb::Integration {
+                id: "gh".into(),
+                provider: pb::VcsProvider::Github as i32,
+                webhook_secret: SECRET.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    StackServiceClient::new(authed())
+        .create_stack(pb::CreateStackRequest {
+            stack: Some(pb::Stack {
+                id: "s".into(),
+                name: "s".into(),
+                repository: "Codertocat/Hello-World".into(),
+                branch: "master".into(),
+                vendor: "terraform".into(),
+                ..Default::default()
+            }),
+            env: vec![],
+        })
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&master_push()).unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, text) = post(
+        addr,
+        "/webhooks/github/gh",
+        &github_headers("push", "crash-1", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port);
+    let channel = connect(port).await;
+    let mut runs_client =
+        RunServiceClient::new(InterceptedService::new(channel, Bearer(Some(admin))));
+    let mut found = Vec::new();
+    for _ in 0..3000 {
+        found = runs_client
+            .list_runs(pb::ListRunsRequest {
+                stack_id: "s".into(),
+                page: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(found.len(), 1, "exactly one run after the restart");
+    assert_eq!(found[0].r#type, pb::RunType::Tracked as i32);
+    assert_eq!(
+        found[0].commit.as_ref().unwrap().hash,
+        "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
+    );
+}
