@@ -320,7 +320,7 @@ async fn wait_state(api: &Api, id: &str, states: &[pb::RunState]) -> pb::Run {
 }
 
 fn delta_resources(r: &pb::Run) -> (i32, i32, i32) {
-    let d = r.delta.clone().unwrap_or_default();
+    let d = r.delta.unwrap_or_default();
     (d.added_resources, d.changed_resources, d.deleted_resources)
 }
 
