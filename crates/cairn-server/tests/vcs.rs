@@ -795,3 +795,45 @@ async fn a_delivery_acknowledged_before_a_crash_is_processed_after_restart() {
         "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_push_with_its_token_creates_a_run() {
+    let server = TestServer::start().await;
+    integration(&server, "gl", pb::VcsProvider::Gitlab).await;
+    stack(
+        &server,
+        "s",
+        "platform/infrastructure",
+        "main",
+        "network",
+        "",
+    )
+    .await;
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-vcs/tests/fixtures/gitlab/push.json");
+    let body = std::fs::read(&fixture).unwrap();
+    let headers = |token: &str| {
+        vec![
+            ("X-Gitlab-Event", "Push Hook".to_string()),
+            ("X-Gitlab-Token", token.to_string()),
+            ("X-Gitlab-Event-UUID", "gl-1".to_string()),
+        ]
+    };
+    assert_eq!(
+        post(server.addr, "/webhooks/gitlab/gl", &headers("nope"), &body)
+            .await
+            .0,
+        401
+    );
+    let (status, text) = post(server.addr, "/webhooks/gitlab/gl", &headers(SECRET), &body).await;
+    assert_eq!(status, 202, "{text}");
+    settled(&server).await;
+    let r = wait_runs(&server, "s", 1).await;
+    assert_eq!(r[0].r#type, pb::RunType::Tracked as i32);
+    assert_eq!(
+        r[0].commit.as_ref().unwrap().hash,
+        "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
+    );
+    let (status, text) = post(server.addr, "/webhooks/gitlab/gl", &headers(SECRET), &body).await;
+    assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
+}

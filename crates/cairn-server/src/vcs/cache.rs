@@ -9,10 +9,27 @@ use cairn_store::GitRefRecord;
 
 use crate::error::{Result, ServerError};
 
-/// Plain-Git repositories the server can reach by itself: local paths and `file://` URLs.
+/// Plain-Git repositories the server can reach by itself: `file://` URLs, absolute or
+/// explicitly relative paths, and relative paths that exist (an `owner/name` that happens not
+/// to exist on disk is a hosted repository's name, not a path).
 pub fn is_local(repository: &str) -> bool {
     let r = repository.trim();
-    r.starts_with('/') || r.starts_with("file://") || r.starts_with("./")
+    r.starts_with('/')
+        || r.starts_with("file://")
+        || r.starts_with("./")
+        || r.starts_with("../")
+        || (!r.is_empty() && !r.contains("://") && Path::new(r).exists())
+}
+
+/// Local paths made absolute: git runs in the cache directory, where a relative path would
+/// name something else.
+fn absolute(repo: &str) -> String {
+    if repo.contains("://") || repo.starts_with('/') {
+        return repo.to_string();
+    }
+    std::fs::canonicalize(repo)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| repo.to_string())
 }
 
 fn check_repo(repository: &str) -> Result<&str> {
@@ -69,7 +86,8 @@ pub fn ls_remote(repository: &str) -> Result<Vec<GitRefRecord>> {
 /// The bare cache of `repository` in `cache_root`, created if missing and fetched (every
 /// branch and tag, forced and pruned, so that it mirrors the repository).
 pub fn fetch(cache_root: &Path, repository: &str) -> Result<PathBuf> {
-    let repo = check_repo(repository)?;
+    let repo = absolute(check_repo(repository)?);
+    let repo = repo.as_str();
     let name = crate::crypto::sha256_hex(repo.as_bytes());
     let dir = cache_root.join(format!("{}.git", &name[..24]));
     if !dir.join("HEAD").exists() {

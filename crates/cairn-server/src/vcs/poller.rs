@@ -23,8 +23,9 @@ const ZERO: &str = "0000000000000000000000000000000000000000";
 
 pub async fn run_loop(state: Arc<AppState>) {
     let mut next_due: HashMap<String, Instant> = HashMap::new();
+    let mut last_error: HashMap<String, String> = HashMap::new();
     loop {
-        if let Err(e) = poll_due(&state, &mut next_due).await {
+        if let Err(e) = poll_due(&state, &mut next_due, &mut last_error).await {
             tracing::warn!(error = %e, "polling git repositories");
         }
         tokio::select! {
@@ -65,15 +66,32 @@ async fn polled(state: &AppState) -> Result<Vec<(String, Duration, Vec<Stack>)>>
     Ok(out)
 }
 
-async fn poll_due(state: &AppState, next_due: &mut HashMap<String, Instant>) -> Result<()> {
+/// `last_error` keeps each repository's last failure so that one that stays unreachable is
+/// reported once, not at every poll.
+async fn poll_due(
+    state: &AppState,
+    next_due: &mut HashMap<String, Instant>,
+    last_error: &mut HashMap<String, String>,
+) -> Result<()> {
     let now = Instant::now();
     for (repo, interval, stacks) in polled(state).await? {
         if next_due.get(&repo).is_some_and(|due| *due > now) {
             continue;
         }
         next_due.insert(repo.clone(), now + interval);
-        if let Err(e) = poll_one(state, &repo, stacks).await {
-            tracing::warn!(repository = %repo, error = %e, "git poll failed");
+        match poll_one(state, &repo, stacks).await {
+            Ok(_) => {
+                if last_error.remove(&repo).is_some() {
+                    tracing::info!(repository = %repo, "git poll works again");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.get(&repo) != Some(&msg) {
+                    tracing::warn!(repository = %repo, error = %msg, "git poll failed");
+                    last_error.insert(repo.clone(), msg);
+                }
+            }
         }
     }
     Ok(())
