@@ -233,3 +233,59 @@ mod tests {
         assert_eq!(p.redacted().value, "s3cret");
     }
 }
+
+/// Whether a stack's environment asks to skip planning and applying: `CAIRN_SKIP_PLANNING` /
+/// `CAIRN_SKIP_APPLYING`, and Spacelift's `SPACELIFT_SKIP_*` names so that migrated stacks keep
+/// working. Only `true` (any case) or `1` count, as a stray value must not skip a phase.
+pub fn skip_flags(env: &[EnvVar]) -> SkipFlags {
+    let set = |names: [&str; 2]| {
+        env.iter().any(|v| {
+            names.contains(&v.name.as_str())
+                && (v.value.eq_ignore_ascii_case("true") || v.value == "1")
+        })
+    };
+    SkipFlags {
+        planning: set(["CAIRN_SKIP_PLANNING", "SPACELIFT_SKIP_PLANNING"]),
+        applying: set(["CAIRN_SKIP_APPLYING", "SPACELIFT_SKIP_APPLYING"]),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SkipFlags {
+    pub planning: bool,
+    pub applying: bool,
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::*;
+
+    fn var(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+            secret: false,
+        }
+    }
+
+    #[test]
+    fn both_spellings_and_only_true_values_skip() {
+        assert_eq!(skip_flags(&[]), SkipFlags::default());
+        let f = skip_flags(&[
+            var("SPACELIFT_SKIP_PLANNING", "TRUE"),
+            var("CAIRN_SKIP_APPLYING", "1"),
+        ]);
+        assert_eq!(
+            f,
+            SkipFlags {
+                planning: true,
+                applying: true
+            }
+        );
+        let f = skip_flags(&[
+            var("CAIRN_SKIP_PLANNING", "false"),
+            var("SPACELIFT_SKIP_APPLYING", "yes please"),
+        ]);
+        assert_eq!(f, SkipFlags::default());
+    }
+}

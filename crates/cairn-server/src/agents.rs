@@ -732,7 +732,13 @@ impl Session {
                 .await;
             return Ok(());
         }
-        let run = match self.state.transition(run_id, event, "", patch).await {
+        // The skip shows in the run's history, next to the state it led to.
+        let note = if r.skipped {
+            "planning skipped (CAIRN_SKIP_PLANNING)"
+        } else {
+            ""
+        };
+        let run = match self.state.transition(run_id, event, note, patch).await {
             Ok(run) => run,
             Err(e) => {
                 // Stopped or failed meanwhile: the plan is of no use any more.
@@ -914,9 +920,14 @@ impl Session {
     async fn apply_result(&self, lease_id: &str, run_id: &str, r: rpb::ApplyResult) -> Result<()> {
         let run = self.state.store.get_run(run_id).await?;
         if r.success {
+            let note = if r.skipped {
+                "applying skipped (CAIRN_SKIP_APPLYING)"
+            } else {
+                ""
+            };
             let res = self
                 .state
-                .transition(run_id, RunEvent::FinishApply, "", RunPatch::default())
+                .transition(run_id, RunEvent::FinishApply, note, RunPatch::default())
                 .await;
             if let Err(e) = res {
                 tracing::info!(run.id = %run_id, error = %e, "apply result not applied");
@@ -1230,6 +1241,7 @@ async fn lease_run(
             s.phase_span = Some(span);
         }
     }
+    let skip = cairn_core::skip_flags(&env);
     let lease = apb::Lease {
         lease_id: lease_id.clone(),
         run_id: run.id.clone(),
@@ -1255,8 +1267,8 @@ async fn lease_run(
             .collect(),
         targets: run.targets.clone(),
         destroy: run.mode == RunMode::Destroy,
-        skip_planning: false,
-        skip_applying: false,
+        skip_planning: skip.planning,
+        skip_applying: skip.applying,
         traceparent,
         workspace_key,
         artifact_id: if kind == apb::JobKind::Apply {
