@@ -65,9 +65,26 @@ struct Dev {
 
 impl Dev {
     fn start(cwd: &Path, home: &Path, tools: &Path, log: &Path) -> Dev {
+        Dev::start_with(cwd, home, tools, log, &[], None)
+    }
+
+    /// With extra `cairn dev` flags and, when given, this `PATH` instead of the inherited one.
+    fn start_with(
+        cwd: &Path,
+        home: &Path,
+        tools: &Path,
+        log: &Path,
+        flags: &[&str],
+        path: Option<&Path>,
+    ) -> Dev {
         let stderr = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(cairn_bin())
+        let mut cmd = Command::new(cairn_bin());
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd
             .args(["dev", "--listen", "127.0.0.1:0"])
+            .args(flags)
             .current_dir(cwd)
             .env("HOME", home)
             .env("XDG_CONFIG_HOME", home.join(".config"))
@@ -557,5 +574,60 @@ async fn dev_demo_story_through_the_real_binaries() {
         !network.locked_by.is_empty(),
         "the lock survives a restart: {network:?}"
     );
+    assert!(dev.interrupt().success());
+}
+
+/// `--no-demo` sets nothing up; without the provisioned tools the demo says why the Terraform
+/// stacks are missing and keeps only what it can run (here: Ansible, linked onto `PATH`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_demo_adapts_to_missing_tools_and_can_be_skipped() {
+    let tools = tools_dir();
+    check_prerequisites(&tools);
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let cwd = tmp.path().join("work");
+    let no_tools = tmp.path().join("no-tools");
+    let bin = tmp.path().join("bin");
+    for d in [&home, &cwd, &no_tools, &bin] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let git_path = cairn::demo::on_path("git").expect("git on PATH");
+    std::os::unix::fs::symlink(git_path, bin.join("git")).unwrap();
+    std::os::unix::fs::symlink(
+        tools.join("bin/ansible-playbook"),
+        bin.join("ansible-playbook"),
+    )
+    .unwrap();
+
+    let log = tmp.path().join("dev.log");
+    let mut dev = Dev::start_with(&cwd, &home, &no_tools, &log, &["--no-demo"], Some(&bin));
+    dev.wait_for_line("Ctrl-C stops.", &log);
+    let env = Env {
+        home: home.clone(),
+        cwd: cwd.clone(),
+        url: dev.url.clone(),
+        admin_key: cwd.join(".cairn/admin.key"),
+    };
+    let listed = env.cairn_ok(&["stack", "list", "-o", "json"]);
+    assert!(
+        !listed.contains("\"config\""),
+        "--no-demo: no stacks: {listed}"
+    );
+    assert!(!cwd.join(".cairn/demo").exists());
+    assert!(dev.interrupt().success());
+
+    let log = tmp.path().join("dev2.log");
+    let mut dev = Dev::start_with(&cwd, &home, &no_tools, &log, &[], Some(&bin));
+    let why = dev.wait_for_line("cargo xtask provision", &log);
+    assert!(why.contains("network and app"), "{why}");
+    let created = dev.wait_for_line("Demo set up (", &log);
+    assert!(created.contains("(config)"), "{created}");
+    let env = Env {
+        url: dev.url.clone(),
+        ..env
+    };
+    let listed = env.cairn_ok(&["stack", "list"]);
+    assert!(listed.contains("config"), "{listed}");
+    assert!(!listed.contains("network"), "{listed}");
     assert!(dev.interrupt().success());
 }
