@@ -14,6 +14,10 @@ use util::{run, Error, Result, Steps};
 const HELP: &str = "\
 cargo xtask <command>
 
+  dev [-- ARGS...]   the one command to try Cairn: provision the vendor tools, build every
+                     binary in release mode (the CLI and the runner plugins), then run
+                     `cairn dev ARGS` (SQLite in ./.cairn, one process, demo stacks)
+
   provision          install the tools tests need into target/tools (idempotent):
                      Debian packages (postgresql, git, npm, python3-venv) when missing,
                      a Python venv (terraform 1.0.3, ansible, grpcio, grpcio-tools),
@@ -37,6 +41,7 @@ starting with the tools bin directory.
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("dev") => dev(after_dashes(&args[1..])),
         Some("provision") => provision::all().map(|_| ()),
         Some("pg") => pg::command(after_dashes(&args[1..])),
         Some("test") => test(&args[1..]),
@@ -81,6 +86,26 @@ fn test_env(cmd: &mut Command, tools: &Tools, database_url: &str) {
         .env("CHECKPOINT_DISABLE", "1")
         .env("TF_IN_AUTOMATION", "1")
         .env("ANSIBLE_NOCOLOR", "1");
+}
+
+/// `cargo xtask dev`: `cairn dev` needs the runner plugins next to its binary and the vendor
+/// tools on PATH, which a bare `cargo run -p cairn` would not give it.
+fn dev(args: &[String]) -> Result<()> {
+    let tools = provision::all()?;
+    run(util::cargo().args(["build", "--release", "--bins"]))?;
+    let cairn = util::workspace_root().join("target/release/cairn");
+    let mut cmd = Command::new(&cairn);
+    cmd.arg("dev").args(args);
+    test_env(&mut cmd, &tools, "");
+    cmd.env_remove("CAIRN_TEST_DATABASE_URL");
+    // Replace this process so that Ctrl-C reaches `cairn dev` alone and its clean shutdown is
+    // what the terminal waits for.
+    use std::os::unix::process::CommandExt;
+    let err = cmd.exec();
+    Err(Error::Provision(format!(
+        "starting {}: {err}",
+        cairn.display()
+    )))
 }
 
 fn fmt_check() -> Result<()> {
