@@ -223,7 +223,11 @@ async fn create(
         ],
     )
     .await?;
-    git(&work, &["push", "--quiet", "origin", "main"]).await?;
+    git(
+        &work,
+        &["push", "--quiet", "--set-upstream", "origin", "main"],
+    )
+    .await?;
 
     let key_path = data_dir.join(crate::profile::ADMIN_KEY_FILE);
     let key = std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?;

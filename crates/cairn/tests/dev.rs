@@ -424,7 +424,8 @@ async fn dev_demo_story_through_the_real_binaries() {
     )
     .unwrap();
     git(&infra, &["commit", "-qam", "network: renumber"]);
-    git(&infra, &["push", "-q", "origin", "main"]);
+    // As the "try this" block says: main tracks origin/main in the demo clone.
+    git(&infra, &["push", "-q"]);
 
     let run = new_run(&api, "network", pb::RunType::Tracked, &[]).await;
     let run = wait_state(&api, &run.id, &[pb::RunState::Unconfirmed]).await;
