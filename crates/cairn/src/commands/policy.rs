@@ -356,20 +356,6 @@ fn compact(json_text: &str, max: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compact_cuts_long_decisions() {
-        assert_eq!(compact("{\n \"a\": 1\n}", 60), r#"{"a":1}"#);
-        let long = format!("[{}]", "1,".repeat(50) + "1");
-        let c = compact(&long, 10);
-        assert_eq!(c.chars().count(), 10);
-        assert!(c.ends_with('…'));
-    }
-}
-
 /// `cairn policy test`: local, like `opa test`; regorus does the evaluation, so a policy that
 /// passes here behaves the same on the server.
 fn test(ctx: &Ctx, dir: &std::path::Path, verbose: bool) -> Result<(), CliError> {
@@ -415,5 +401,19 @@ fn test(ctx: &Ctx, dir: &std::path::Path, verbose: bool) -> Result<(), CliError>
             failed: report.results.len() - report.passed(),
             total: report.results.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_cuts_long_decisions() {
+        assert_eq!(compact("{\n \"a\": 1\n}", 60), r#"{"a":1}"#);
+        let long = format!("[{}]", "1,".repeat(50) + "1");
+        let c = compact(&long, 10);
+        assert_eq!(c.chars().count(), 10);
+        assert!(c.ends_with('…'));
     }
 }
