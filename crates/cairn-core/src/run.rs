@@ -222,6 +222,10 @@ pub struct Run {
     /// The vendor's redacted machine-readable plan, input to plan policies.
     #[serde(default)]
     pub plan_json: String,
+    /// The pull request (number within its repository) whose event created the run; where
+    /// commit statuses' pull-request comments go. Not shown to policies.
+    #[serde(default)]
+    pub pull_request: Option<u64>,
 }
 
 /// Field updates that travel with a transition, persisted in the same write.
@@ -284,6 +288,7 @@ impl Run {
             error: String::new(),
             artifact_id: String::new(),
             plan_json: String::new(),
+            pull_request: None,
         }
     }
 

@@ -54,6 +54,7 @@ impl ServerBuilder {
         let master_key = MasterKey::load_or_create(&config.master_key_path())?;
         let artifacts = ArtifactStore::open(&config.artifact_dir())?;
         let state = Arc::new(AppState::new(store, config, artifacts, master_key));
+        crate::vcs::lookup::IntegrationLookup::install(&state);
         bootstrap(&state).await?;
         Ok(Server { state })
     }

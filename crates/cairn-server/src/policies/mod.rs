@@ -387,6 +387,8 @@ pub struct NewRun {
     pub workflow_id: Option<String>,
     pub prioritized: bool,
     pub flags: Vec<String>,
+    /// The pull request whose event creates the run.
+    pub pull_request: Option<u64>,
 }
 
 /// Creates a QUEUED run on `stack`, lets approval policies look at it and wakes the scheduler.
@@ -405,6 +407,7 @@ pub async fn create_run(state: &AppState, stack: &Stack, new: NewRun) -> Result<
     }
     run.prioritized = new.prioritized;
     run.flags = new.flags;
+    run.pull_request = new.pull_request;
     let run = state.store.create_run(run).await?;
     tracing::info!(run.id = %run.id, stack.id = %run.stack_id, run.type = run.run_type.as_str(), triggered_by = %run.triggered_by, "run created by policy");
     after_run_created(state, &run).await;

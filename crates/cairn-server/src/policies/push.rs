@@ -275,6 +275,10 @@ async fn apply(
             workflow_id: None,
             prioritized: outcome.prioritize,
             flags: outcome.flags.iter().cloned().collect(),
+            pull_request: event
+                .pull_request
+                .as_ref()
+                .and_then(|pr| u64::try_from(pr.id).ok()),
         },
     )
     .await?;

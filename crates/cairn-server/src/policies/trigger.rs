@@ -176,6 +176,7 @@ async fn evaluate_run(
                         workflow_id: Some(run.workflow_id.clone()),
                         prioritized: false,
                         flags: Vec::new(),
+                        pull_request: None,
                     },
                 )
                 .await?;

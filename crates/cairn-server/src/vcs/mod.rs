@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod ingest;
+pub mod lookup;
 pub mod poller;
 pub mod webhook;
 
