@@ -166,9 +166,11 @@ mod tests {
         stack().validate().unwrap();
     }
 
+    type Mutation = Box<dyn Fn(&mut Stack)>;
+
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Stack)>, &str)> = vec![
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.id = "Net Prod".into()), "stack.id"),
             (Box::new(|s| s.id = String::new()), "stack.id"),
             (Box::new(|s| s.branch = String::new()), "stack.branch"),
