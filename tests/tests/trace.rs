@@ -1,6 +1,7 @@
 //! One trace per run: a `cairn server` and a `cairn agent` process export to an in-process OTLP
 //! collector, and the spans of one Terraform run (plan job, confirmation, apply job) form one
-//! trace: the server's, then the agent's under the server's phase spans.
+//! trace: the server's, then the agent's under the server's phase spans, then the Terraform
+//! plugin's (exporting to the endpoint the agent hands it) under the agent's plugin calls.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -11,6 +12,9 @@ use cairn_tests::{
     Result, ServerOptions, TestServer,
 };
 use pb::RunState as S;
+
+/// `service.name` of the Terraform plugin's spans: its executable's name.
+const PLUGIN: &str = "cairn-runner-terraform";
 
 fn collector_err(e: cairn_telemetry::Error) -> Error {
     Error::Check(format!("collector: {e}"))
@@ -83,8 +87,10 @@ async fn one_trace_per_run_across_server_and_agent() -> Result<()> {
         .collect();
     let services: HashSet<&str> = of_run.iter().filter_map(|s| s.service_name()).collect();
     assert!(
-        services.contains("cairn-server") && services.contains("cairn-agent"),
-        "spans of the run come from the server and the agent: {services:?}"
+        services.contains("cairn-server")
+            && services.contains("cairn-agent")
+            && services.contains(PLUGIN),
+        "spans of the run come from the server, the agent and the plugin: {services:?}"
     );
     let traces: HashSet<&str> = of_run.iter().map(|s| s.trace_id.as_str()).collect();
     assert_eq!(
@@ -153,6 +159,65 @@ async fn one_trace_per_run_across_server_and_agent() -> Result<()> {
         assert!(
             jobs.iter().any(|j| ancestors_include(found, &j.span_id)),
             "`{step}` nests under a job span"
+        );
+    }
+
+    // The plugin continues the trace the agent sends with each call: its Plan and Apply server
+    // spans hang directly under the agent's `plan` and `apply` spans, its vendor commands under
+    // those, and nothing of the plugin's starts a trace of its own or hangs under another service
+    // than the agent.
+    let plugin_spans: Vec<&&CollectedSpan> = trace
+        .iter()
+        .filter(|s| s.service_name() == Some(PLUGIN))
+        .collect();
+    let mut rpc_spans = Vec::new();
+    for (rpc, agent_step) in [
+        ("cairn.runner.v1.RunnerService/Plan", "plan"),
+        ("cairn.runner.v1.RunnerService/Apply", "apply"),
+    ] {
+        let served = plugin_spans
+            .iter()
+            .find(|s| s.name == rpc)
+            .ok_or_else(|| Error::Check(format!("no plugin `{rpc}` span in the trace")))?;
+        let parent = served
+            .parent_span_id
+            .as_deref()
+            .and_then(|p| by_id.get(p))
+            .ok_or_else(|| Error::Check(format!("plugin `{rpc}` span without parent")))?;
+        assert_eq!(
+            (parent.name.as_str(), parent.service_name()),
+            (agent_step, Some("cairn-agent")),
+            "plugin `{rpc}` is a child of the agent's `{agent_step}` span"
+        );
+        assert_eq!(served.attr("rpc.system"), Some("grpc"));
+        rpc_spans.push(served.span_id.as_str());
+    }
+    for step in ["init", "plan", "show", "apply"] {
+        let found = plugin_spans
+            .iter()
+            .find(|s| s.name == step)
+            .ok_or_else(|| Error::Check(format!("no plugin `{step}` span in the trace")))?;
+        assert_eq!(found.attr("run.id"), Some(run.id.as_str()), "{step}");
+        assert!(
+            found.attr("stack.id").is_some_and(|id| !id.is_empty()),
+            "plugin `{step}` carries the stack id"
+        );
+        assert!(
+            rpc_spans.iter().any(|rpc| ancestors_include(found, rpc)),
+            "plugin `{step}` nests under the plugin's Plan or Apply span"
+        );
+    }
+    for s in &plugin_spans {
+        let parent = s
+            .parent_span_id
+            .as_deref()
+            .and_then(|p| by_id.get(p))
+            .ok_or_else(|| Error::Check(format!("plugin span `{}` is a root", s.name)))?;
+        assert!(
+            matches!(parent.service_name(), Some(PLUGIN | "cairn-agent")),
+            "plugin span `{}` hangs under {:?}",
+            s.name,
+            parent.service_name()
         );
     }
     assert_eq!(

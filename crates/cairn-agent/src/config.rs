@@ -46,6 +46,9 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Keep each job's work tree after the job (for debugging); removed by default.
     pub keep_work_trees: bool,
+    /// OTLP/gRPC collector the agent exports to; handed to every runner plugin (as
+    /// `CAIRN_OTLP_ENDPOINT`) so that the plugin's spans join the run's trace.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             keep_work_trees: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -113,7 +117,7 @@ impl Config {
 
     /// Applies `CAIRN_AGENT_*` variables: `SERVER_URL`, `POOL_TOKEN`, `POOL_TOKEN_FILE`, `NAME`,
     /// `LABELS` (comma-separated), `MAX_JOBS`, `PLUGIN_PATH` (colon-separated), `WORK_DIR`,
-    /// `HANDSHAKE_TIMEOUT`, `CANCEL_GRACE`.
+    /// `HANDSHAKE_TIMEOUT`, `CANCEL_GRACE`, `OTLP_ENDPOINT`.
     pub fn apply_env<I, K, V>(&mut self, vars: I) -> Result<()>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -147,6 +151,9 @@ impl Config {
                 "WORK_DIR" => self.work_dir = PathBuf::from(value),
                 "HANDSHAKE_TIMEOUT" => self.handshake_timeout = env_duration(key, value)?,
                 "CANCEL_GRACE" => self.cancel_grace = env_duration(key, value)?,
+                "OTLP_ENDPOINT" => {
+                    self.otlp_endpoint = Some(value.to_owned()).filter(|v| !v.trim().is_empty());
+                }
                 _ => {}
             }
         }
@@ -281,10 +288,15 @@ mod tests {
                 ("CAIRN_AGENT_MAX_JOBS", "4"),
                 ("CAIRN_AGENT_LABELS", "a, b"),
                 ("CAIRN_AGENT_CANCEL_GRACE", "250ms"),
+                ("CAIRN_AGENT_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
                 ("UNRELATED", "x"),
             ])
             .unwrap();
         assert_eq!(config.max_jobs, 4);
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
         assert_eq!(config.labels, ["a", "b"]);
         assert_eq!(config.cancel_grace, Duration::from_millis(250));
         assert_eq!(config.validate().unwrap(), "abc");

@@ -625,7 +625,13 @@ impl Job {
                     }
                     tail.push_back(line);
                 }),
-                ..LaunchOptions::default()
+                env: self
+                    .shared
+                    .config
+                    .otlp_endpoint
+                    .iter()
+                    .map(|e| (cairn_runner_sdk::OTLP_ENDPOINT_ENV.into(), e.into()))
+                    .collect(),
             };
             let handle = cairn_runner_sdk::launch(&binary, options).await?;
             let mut client = handle.client.clone();

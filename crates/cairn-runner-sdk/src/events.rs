@@ -9,6 +9,7 @@ use cairn_proto::runner::v1::{
 use cairn_proto::v1::{LogLine, LogStream, Phase};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
 
 use crate::{Error, Redactor};
 
@@ -107,20 +108,24 @@ where
 {
     let (sink, stream) = event_stream::<T>(redactor);
     let fut = work(sink.clone());
-    tokio::spawn(async move {
-        match fut.await {
-            Ok(result) => {
-                let _ = sink.send(wrap(result)).await;
-            }
-            Err(_) if sink.is_closed() => tracing::info!("stream cancelled by the client"),
-            Err(e) => {
-                let message = sink.redactor().redact(&e.to_string());
-                tracing::error!(error = %message, "runner failed");
-                let _ = sink.system(&message).await;
-                let _ = sink.fail(tonic::Status::internal(message)).await;
+    // The work outlives the call's server span; its spans still belong under it.
+    tokio::spawn(
+        async move {
+            match fut.await {
+                Ok(result) => {
+                    let _ = sink.send(wrap(result)).await;
+                }
+                Err(_) if sink.is_closed() => tracing::info!("stream cancelled by the client"),
+                Err(e) => {
+                    let message = sink.redactor().redact(&e.to_string());
+                    tracing::error!(error = %message, "runner failed");
+                    let _ = sink.system(&message).await;
+                    let _ = sink.fail(tonic::Status::internal(message)).await;
+                }
             }
         }
-    });
+        .in_current_span(),
+    );
     stream
 }
 

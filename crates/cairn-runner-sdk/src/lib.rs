@@ -26,7 +26,7 @@ pub use host::{
     find_plugin, launch, plugin_binary_name, LaunchOptions, PluginHandle, StderrCallback,
 };
 pub use redact::Redactor;
-pub use serve::{init_logging, serve};
+pub use serve::{init_logging, serve, shutdown_telemetry, OTLP_ENDPOINT_ENV};
 pub use vendor::{VendorCommand, VendorOutcome, DEFAULT_GRACE};
 
 /// Result type of this crate.

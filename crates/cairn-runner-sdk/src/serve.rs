@@ -1,5 +1,6 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cairn_proto::runner::v1::runner_service_server::RunnerServiceServer;
@@ -13,17 +14,56 @@ use crate::{Error, Handshake, RunnerService};
 /// How long in-flight streams get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// Sends `tracing` output to stderr (stdout belongs to the handshake). `CAIRN_LOG` or
+/// Where a plugin exports its spans: set by the agent for the plugins it starts (its own
+/// `--otlp-endpoint`); the standard OpenTelemetry variable is the fallback.
+pub const OTLP_ENDPOINT_ENV: &str = "CAIRN_OTLP_ENDPOINT";
+const STANDARD_OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// The telemetry guard of this process; [`serve`] drops it on the way out so that spans still
+/// in the batch are exported before the plugin exits.
+static TELEMETRY: Mutex<Option<cairn_telemetry::Guard>> = Mutex::new(None);
+
+/// Sends `tracing` output to stderr (stdout belongs to the handshake) and, when
+/// `CAIRN_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) is set, exports spans over OTLP with
+/// `service.name` set to the executable's name (`cairn-runner-<vendor>`). `CAIRN_LOG` or
 /// `RUST_LOG` set the filter; the default is `info`.
+///
+/// Spans of served calls continue the caller's trace (the `traceparent` metadata the agent
+/// sends). [`serve`] flushes pending spans when it returns; a plugin that exits without
+/// serving calls [`shutdown_telemetry`].
 pub fn init_logging() {
     let filter = std::env::var("CAIRN_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .try_init();
+    let mut config = cairn_telemetry::TelemetryConfig::new(service_name()).with_log_filter(filter);
+    if let Some(endpoint) = [OTLP_ENDPOINT_ENV, STANDARD_OTLP_ENDPOINT_ENV]
+        .iter()
+        .filter_map(|key| std::env::var(key).ok())
+        .find(|v| !v.trim().is_empty())
+    {
+        config = config.with_otlp_endpoint(endpoint);
+    }
+    match cairn_telemetry::init(config) {
+        Ok(guard) => *TELEMETRY.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard),
+        // Only the first subscriber of a process wins; a plugin whose host (a test, say)
+        // installed one keeps logging through it.
+        Err(cairn_telemetry::Error::AlreadyInitialized(_)) => {}
+        Err(e) => eprintln!("cairn-runner-sdk: telemetry disabled: {e}"),
+    }
+}
+
+/// Exports the spans still pending and stops the exporter. Idempotent; [`serve`] calls it.
+pub fn shutdown_telemetry() {
+    let guard = TELEMETRY.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(guard);
+}
+
+fn service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "cairn-runner".to_owned())
 }
 
 /// Serves a runner plugin until SIGTERM, SIGINT or the end of stdin (the host went away).
@@ -59,7 +99,9 @@ pub async fn serve<S: RunnerService>(service: S) -> Result<(), Error> {
     });
 
     let mut stop_signal = stop_rx.clone();
+    // Every call gets a server span parented to the agent's `traceparent`.
     let server = tonic::transport::Server::builder()
+        .layer(cairn_telemetry::grpc::GrpcTraceLayer)
         .add_service(health)
         .add_service(RunnerServiceServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
@@ -79,6 +121,7 @@ pub async fn serve<S: RunnerService>(service: S) -> Result<(), Error> {
     };
     tracing::info!("runner plugin stopped");
     drop(dir);
+    shutdown_telemetry();
     result
 }
 

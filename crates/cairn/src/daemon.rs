@@ -156,12 +156,20 @@ pub fn agent_config(
     if !args.labels.is_empty() {
         config.labels = args.labels.clone();
     }
+    if let Some(e) = args.otlp_endpoint.as_ref().filter(|e| !e.is_empty()) {
+        // Handed on to runner plugins, whose spans then join the run's trace.
+        config.otlp_endpoint = Some(e.clone());
+    }
     Ok(config)
 }
 
 pub async fn agent(args: AgentArgs, server: Option<String>) -> Result<(), CliError> {
     let config = agent_config(&args, server)?;
-    let _telemetry = telemetry("cairn-agent", args.otlp_endpoint.as_deref(), args.json_logs)?;
+    let _telemetry = telemetry(
+        "cairn-agent",
+        config.otlp_endpoint.as_deref(),
+        args.json_logs,
+    )?;
     let token = signal_token();
     cairn_agent::run(config, async move { token.cancelled().await })
         .await

@@ -26,6 +26,7 @@ use cairn_runner_sdk::{
     VendorOutcome,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 /// Errors of the Terraform/OpenTofu plugin.
 #[derive(Debug, thiserror::Error)]
@@ -131,9 +132,34 @@ struct Session<'a, T: RunnerEvent> {
     env: HashMap<String, String>,
     /// Cairn's state backend, when the lease hands one out.
     backend: Option<backend::HttpBackend>,
+    run_id: String,
+    stack_id: String,
 }
 
-impl<T: RunnerEvent> Session<'_, T> {
+impl<'a, T: RunnerEvent> Session<'a, T> {
+    fn new(runner: &'a TfRunner, sink: &'a EventSink<T>, ws: &Workspace) -> Session<'a, T> {
+        Session {
+            runner,
+            sink,
+            dir: project_dir(ws),
+            env: vendor_env(ws),
+            backend: backend::HttpBackend::from_env(&ws.env),
+            run_id: ws.run_id.clone(),
+            stack_id: ws.stack_id.clone(),
+        }
+    }
+
+    /// A span for one vendor command, named after it, tagged with the run it serves.
+    fn step_span(&self, step: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "vendor",
+            otel.name = step,
+            run.id = %self.run_id,
+            stack.id = %self.stack_id,
+            vendor = self.runner.flavor.vendor(),
+        )
+    }
+
     fn command(&self) -> VendorCommand {
         VendorCommand::new(&self.runner.binary)
             .current_dir(&self.dir)
@@ -177,6 +203,12 @@ impl<T: RunnerEvent> Session<'_, T> {
     }
 
     async fn init(&self) -> Result<StepResult, Error> {
+        self.init_untraced()
+            .instrument(self.step_span("init"))
+            .await
+    }
+
+    async fn init_untraced(&self) -> Result<StepResult, Error> {
         self.sink.phase(Phase::Initializing).await?;
         let Some(b) = &self.backend else {
             return self.run_plain(&["init", "-input=false", "-no-color"]).await;
@@ -210,7 +242,10 @@ impl<T: RunnerEvent> Session<'_, T> {
         if destroy {
             args.push("-destroy".to_owned());
         }
-        let (outcome, step) = self.run_json(&args).await?;
+        let (outcome, step) = self
+            .run_json(&args)
+            .instrument(self.step_span("plan"))
+            .await?;
         // -detailed-exitcode: 0 no changes, 2 changes, anything else an error.
         Ok(match outcome.code() {
             Some(0 | 2) => Ok(()),
@@ -224,7 +259,10 @@ impl<T: RunnerEvent> Session<'_, T> {
     ) -> Result<Result<parse::ParsedPlan, String>, Error> {
         let plan_file = self.dir.join(PLAN_FILE);
         let plan_file = plan_file.to_string_lossy();
-        let (outcome, step) = self.capture(&["show", "-json", &plan_file]).await?;
+        let (outcome, step) = self
+            .capture(&["show", "-json", &plan_file])
+            .instrument(self.step_span("show"))
+            .await?;
         if let Err(e) = step {
             return Ok(Err(e));
         }
@@ -255,13 +293,7 @@ impl TfRunner {
         sink: &EventSink<PlanResponse>,
     ) -> Result<PlanResult, Error> {
         let ws = req.workspace.unwrap_or_default();
-        let session = Session {
-            runner: self,
-            sink,
-            dir: project_dir(&ws),
-            env: vendor_env(&ws),
-            backend: backend::HttpBackend::from_env(&ws.env),
-        };
+        let session = Session::new(self, sink, &ws);
         let failed = |error: String| PlanResult {
             success: false,
             error,
@@ -303,13 +335,7 @@ impl TfRunner {
         sink: &EventSink<ApplyResponse>,
     ) -> Result<ApplyResult, Error> {
         let ws = req.workspace.unwrap_or_default();
-        let session = Session {
-            runner: self,
-            sink,
-            dir: project_dir(&ws),
-            env: vendor_env(&ws),
-            backend: backend::HttpBackend::from_env(&ws.env),
-        };
+        let session = Session::new(self, sink, &ws);
         let failed = |error: String| ApplyResult {
             success: false,
             error,
@@ -349,11 +375,17 @@ impl TfRunner {
             "-json".to_owned(),
             plan_file.to_string_lossy().into_owned(),
         ];
-        let (_, step) = session.run_json(&args).await?;
+        let (_, step) = session
+            .run_json(&args)
+            .instrument(session.step_span("apply"))
+            .await?;
         if let Err(e) = step {
             return Ok(failed(e));
         }
-        let (outcome, step) = session.capture(&["output", "-json"]).await?;
+        let (outcome, step) = session
+            .capture(&["output", "-json"])
+            .instrument(session.step_span("output"))
+            .await?;
         if let Err(e) = step {
             return Ok(failed(e));
         }
