@@ -223,7 +223,13 @@ async fn autodeploy_then_no_op_then_proposed() -> Result<()> {
 }
 
 /// A one-file stack "gate" that waits for confirmation; returns the managed file.
-async fn gate_stack(server: &TestServer, out: &Outside, env: Vec<pb::EnvVar>) -> Result<PathBuf> {
+/// Returns the managed file's path and the repository, which must outlive the run (dropping it
+/// deletes the remote the agent fetches from).
+async fn gate_stack(
+    server: &TestServer,
+    out: &Outside,
+    env: Vec<pb::EnvVar>,
+) -> Result<(PathBuf, GitRepo)> {
     let file = out.path("kept-out.txt");
     let repo = GitRepo::new()?;
     repo.write(
@@ -245,7 +251,7 @@ async fn gate_stack(server: &TestServer, out: &Outside, env: Vec<pb::EnvVar>) ->
             &sha,
         )
         .await?;
-    Ok(file)
+    Ok((file, repo))
 }
 
 /// Discarding an unconfirmed run applies nothing.
@@ -253,7 +259,7 @@ async fn gate_stack(server: &TestServer, out: &Outside, env: Vec<pb::EnvVar>) ->
 async fn discarded_run_applies_nothing() -> Result<()> {
     let (server, _agent) = setup("discard").await?;
     let out = Outside::new()?;
-    let file = gate_stack(&server, &out, vec![]).await?;
+    let (file, _repo) = gate_stack(&server, &out, vec![]).await?;
     let run = server.trigger("gate", pb::RunType::Tracked, "").await?;
     let run = server.wait(&run.id, &[S::Unconfirmed]).await?;
     server
@@ -274,7 +280,7 @@ async fn discarded_run_applies_nothing() -> Result<()> {
 async fn skip_applying_flag_finishes_without_applying() -> Result<()> {
     let (server, _agent) = setup("skipper").await?;
     let out = Outside::new()?;
-    let file = gate_stack(&server, &out, vec![env("CAIRN_SKIP_APPLYING", "true")]).await?;
+    let (file, _repo) = gate_stack(&server, &out, vec![env("CAIRN_SKIP_APPLYING", "true")]).await?;
     let run = server.trigger("gate", pb::RunType::Tracked, "").await?;
     let run = server.wait(&run.id, &[S::Unconfirmed]).await?;
     server
@@ -286,6 +292,13 @@ async fn skip_applying_flag_finishes_without_applying() -> Result<()> {
     let run = server.wait(&run.id, &[S::Finished]).await?;
     let states = history(&run);
     assert!(states.contains(&S::Confirmed), "{states:?}");
+    assert!(
+        run.states_history
+            .iter()
+            .any(|t| t.note.contains("applying skipped")),
+        "the skip shows in the run's history: {:?}",
+        run.states_history
+    );
     assert_eq!(read(&file), None, "applying was skipped");
     let logs = log_text(&server, &run.id).await?;
     assert!(
