@@ -539,6 +539,36 @@ fn relative_to(target: &Path, base: &Path) -> PathBuf {
     out
 }
 
+/// Installs `name@version` into the tools' npm prefix unless that version is already there.
+fn npm_package(tools: &Tools, name: &str, version: &str) -> Result<()> {
+    let node = tools.node();
+    let package_json = node.join("node_modules").join(name).join("package.json");
+    let installed = fs::read_to_string(&package_json)
+        .map(|text| text.contains(&format!("\"version\": \"{version}\"")))
+        .unwrap_or(false);
+    if installed {
+        say(format!("{name} {version}: up to date"));
+        return Ok(());
+    }
+    fs::create_dir_all(&node).map_err(io_err(format!("creating {}", node.display())))?;
+    say(format!(
+        "installing {name}@{version} into {}",
+        node.display()
+    ));
+    run(Command::new("npm")
+        .arg("install")
+        .arg("--prefix")
+        .arg(&node)
+        .args([
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel=error",
+            &format!("{name}@{version}"),
+        ])
+        .stdin(std::process::Stdio::null()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,34 +601,4 @@ mod tests {
         assert!(!m.has_bin("xtask", "cairn-bench"));
         assert_eq!(m.target_directory(), PathBuf::from("/r/target"));
     }
-}
-
-/// Installs `name@version` into the tools' npm prefix unless that version is already there.
-fn npm_package(tools: &Tools, name: &str, version: &str) -> Result<()> {
-    let node = tools.node();
-    let package_json = node.join("node_modules").join(name).join("package.json");
-    let installed = fs::read_to_string(&package_json)
-        .map(|text| text.contains(&format!("\"version\": \"{version}\"")))
-        .unwrap_or(false);
-    if installed {
-        say(format!("{name} {version}: up to date"));
-        return Ok(());
-    }
-    fs::create_dir_all(&node).map_err(io_err(format!("creating {}", node.display())))?;
-    say(format!(
-        "installing {name}@{version} into {}",
-        node.display()
-    ));
-    run(Command::new("npm")
-        .arg("install")
-        .arg("--prefix")
-        .arg(&node)
-        .args([
-            "--no-audit",
-            "--no-fund",
-            "--no-update-notifier",
-            "--loglevel=error",
-            &format!("{name}@{version}"),
-        ])
-        .stdin(std::process::Stdio::null()))
 }
