@@ -19,6 +19,9 @@ use cairn_runner_sdk::{
 };
 use tonic::{Request, Response, Status};
 
+const DESTROY_UNSUPPORTED: &str =
+    "the pulumi plugin does not run destroy runs (its capabilities say destroy = false)";
+
 /// Errors of the Pulumi plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -248,9 +251,9 @@ impl RunnerService for PulumiRunner {
     ) -> Result<Response<Self::PlanStream>, Status> {
         let req = request.into_inner();
         if req.destroy {
-            return Err(Status::unimplemented(
-                "destroy runs are not supported by the pulumi plugin yet",
-            ));
+            // Describe advertises `destroy = false`; a caller that ignores it gets the same
+            // answer here instead of a run that silently does something else.
+            return Err(Status::failed_precondition(DESTROY_UNSUPPORTED));
         }
         let runner = self.clone();
         Ok(Response::new(spawn_stream(
@@ -270,9 +273,9 @@ impl RunnerService for PulumiRunner {
     ) -> Result<Response<Self::ApplyStream>, Status> {
         let req = request.into_inner();
         if req.destroy {
-            return Err(Status::unimplemented(
-                "destroy runs are not supported by the pulumi plugin yet",
-            ));
+            // Describe advertises `destroy = false`; a caller that ignores it gets the same
+            // answer here instead of a run that silently does something else.
+            return Err(Status::failed_precondition(DESTROY_UNSUPPORTED));
         }
         let runner = self.clone();
         Ok(Response::new(spawn_stream(
