@@ -3,6 +3,7 @@
 //! backends and the agent agree on one definition of each idea.
 
 pub mod access;
+pub mod deployment;
 pub mod error;
 pub mod ids;
 pub mod run;
@@ -13,6 +14,10 @@ pub mod validate;
 pub mod worker;
 
 pub use access::{ApiKey, Principal, Role};
+pub use deployment::{
+    ConfigSource, ConfigurationVersion, Deployment, DeploymentSnapshot, InputValue, UpstreamRef,
+    DEFAULT_DEPLOYMENT,
+};
 pub use error::CoreError;
 pub use run::*;
 pub use schedule::{dispatch_order, DispatchView};

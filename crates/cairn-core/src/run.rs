@@ -154,6 +154,7 @@ pub struct StateTransition {
 pub enum StepKind {
     Plan,
     Apply,
+    Import,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +227,16 @@ pub struct Run {
     /// commit statuses' pull-request comments go. Not shown to policies.
     #[serde(default)]
     pub pull_request: Option<u64>,
+    /// The configuration version (seq) a deployment run is built from; 0 = not a deployment
+    /// run (Spacelift-style run).
+    #[serde(default)]
+    pub config_version: i64,
+    /// Plan/apply cycles a deployment run has started (1 for its first plan).
+    #[serde(default)]
+    pub cycle: u32,
+    /// When the run was first confirmed; deployment runs queue for their lock in this order.
+    #[serde(default)]
+    pub approved_at: Nanos,
 }
 
 /// Field updates that travel with a transition, persisted in the same write.
@@ -245,6 +256,21 @@ pub struct RunPatch {
 }
 
 impl Run {
+    /// What makes a VCS-created run unique: one run per (stack, deployment, commit SHA, run
+    /// type), however many events (a push and its pull request, redeliveries, several server
+    /// replicas processing the same delivery) resolve to it. The SHA is lower-cased so one
+    /// commit written two ways is one key; stack ids and deployment names are slugs and SHAs
+    /// hex, so `/` cannot occur inside a part.
+    pub fn dedup_key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.stack_id,
+            self.deployment,
+            self.commit.hash.trim().to_ascii_lowercase(),
+            self.run_type.as_str()
+        )
+    }
+
     /// A new QUEUED run with its first history entry.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -289,6 +315,9 @@ impl Run {
             artifact_id: String::new(),
             plan_json: String::new(),
             pull_request: None,
+            config_version: 0,
+            cycle: 0,
+            approved_at: 0,
         }
     }
 
@@ -306,13 +335,119 @@ impl Run {
             event,
         })?;
         self.state = to;
+        if event == RunEvent::Confirm && self.approved_at == 0 {
+            self.approved_at = now;
+        }
         self.states_history.push(StateTransition {
             state: to,
             timestamp: now,
             note: note.to_string(),
         });
         self.apply_patch(patch, now);
+        if self.is_deployment_run() {
+            self.record_step(event, now);
+        }
         Ok(to)
+    }
+
+    /// Built from a configuration version: plan/apply cycles until a plan is empty.
+    pub fn is_deployment_run(&self) -> bool {
+        self.config_version > 0
+    }
+
+    /// Keeps `steps` in line with a transition that just happened (HCP Terraform's step
+    /// states): each dispatch opens a RUNNING plan step; a plan that needs approval opens a
+    /// WAITING apply step, PENDING once confirmed (queued for the deployment lock), RUNNING when
+    /// picked up; anything ending the run closes what is still open.
+    fn record_step(&mut self, event: RunEvent, now: Nanos) {
+        use StepState as St;
+        let delta = self.delta;
+        let open = |s: &Step| matches!(s.state, St::Pending | St::Running | St::Waiting);
+        let close_open = |steps: &mut [Step], state: St| {
+            for s in steps.iter_mut().filter(|s| open(s)) {
+                s.state = state;
+                s.ended_at = now;
+            }
+        };
+        let push = |steps: &mut Vec<Step>, kind: StepKind, state: St| {
+            let index = i32::try_from(steps.len()).unwrap_or(i32::MAX);
+            let running = state == St::Running;
+            steps.push(Step {
+                index,
+                kind,
+                state,
+                started_at: if running { now } else { 0 },
+                ended_at: 0,
+                delta,
+            });
+        };
+        let finish_plan = |steps: &mut [Step]| {
+            if let Some(s) = steps
+                .iter_mut()
+                .rev()
+                .find(|s| s.kind == StepKind::Plan && s.state == St::Running)
+            {
+                s.state = St::Success;
+                s.ended_at = now;
+                s.delta = delta;
+            }
+        };
+        let open_apply = |steps: &[Step]| {
+            steps
+                .iter()
+                .rposition(|s| s.kind != StepKind::Plan && open(s))
+        };
+        match event {
+            RunEvent::Dispatch => {
+                close_open(&mut self.steps, St::Cancelled);
+                push(&mut self.steps, StepKind::Plan, St::Running);
+            }
+            RunEvent::FinishNoOp | RunEvent::FinishProposed => {
+                finish_plan(&mut self.steps);
+                close_open(&mut self.steps, St::Cancelled);
+            }
+            RunEvent::RequireConfirmation | RunEvent::RequireReview => {
+                finish_plan(&mut self.steps);
+                if open_apply(&self.steps).is_none() {
+                    push(&mut self.steps, StepKind::Apply, St::Waiting);
+                }
+            }
+            RunEvent::Autodeploy => {
+                finish_plan(&mut self.steps);
+                push(&mut self.steps, StepKind::Apply, St::Running);
+            }
+            RunEvent::Confirm => {
+                if let Some(i) = open_apply(&self.steps) {
+                    self.steps[i].state = St::Pending;
+                }
+            }
+            RunEvent::PickUpApply => {
+                if let Some(i) = open_apply(&self.steps) {
+                    self.steps[i].state = St::Running;
+                    self.steps[i].started_at = now;
+                }
+            }
+            RunEvent::FinishApply | RunEvent::Cycle => {
+                if let Some(i) = open_apply(&self.steps) {
+                    self.steps[i].state = St::Success;
+                    self.steps[i].ended_at = now;
+                }
+                close_open(&mut self.steps, St::Cancelled);
+            }
+            RunEvent::Fail => {
+                if let Some(s) = self.steps.iter_mut().rev().find(|s| s.state == St::Running) {
+                    s.state = St::Failed;
+                    s.ended_at = now;
+                }
+                close_open(&mut self.steps, St::Cancelled);
+            }
+            RunEvent::Stop
+            | RunEvent::Cancel
+            | RunEvent::Discard
+            | RunEvent::Reject
+            | RunEvent::Replan => close_open(&mut self.steps, St::Cancelled),
+            RunEvent::Initialize | RunEvent::Plan | RunEvent::Apply => {}
+        }
     }
 
     /// Applies field updates without a state change (e.g. recording a review).
@@ -405,6 +540,79 @@ mod tests {
         assert_eq!(r.version, 2);
         assert_eq!(r.states_history.len(), 2);
         assert_eq!(r.states_history[1].timestamp, 3);
+    }
+
+    #[test]
+    fn deployment_runs_record_plan_and_apply_steps_per_cycle() {
+        use RunEvent::*;
+        use StepState as St;
+        let mut r = run();
+        r.config_version = 1;
+        let mut t = 10;
+        let mut go = |r: &mut Run, events: &[RunEvent]| {
+            for e in events {
+                t += 1;
+                r.apply(*e, "", RunPatch::default(), t).unwrap();
+            }
+        };
+        go(&mut r, &[Dispatch, Initialize, Plan, RequireConfirmation]);
+        let states = |r: &Run| {
+            r.steps
+                .iter()
+                .map(|s| (s.kind, s.state))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            states(&r),
+            [
+                (StepKind::Plan, St::Success),
+                (StepKind::Apply, St::Waiting)
+            ]
+        );
+        go(&mut r, &[Confirm]);
+        assert_eq!(r.steps[1].state, St::Pending);
+        assert_eq!(r.approved_at, 15);
+        go(
+            &mut r,
+            &[
+                PickUpApply,
+                Apply,
+                Cycle,
+                Dispatch,
+                Initialize,
+                Plan,
+                FinishNoOp,
+            ],
+        );
+        assert_eq!(
+            states(&r),
+            [
+                (StepKind::Plan, St::Success),
+                (StepKind::Apply, St::Success),
+                (StepKind::Plan, St::Success)
+            ]
+        );
+        assert_eq!(r.state, RunState::Finished);
+        assert_eq!(
+            r.steps.iter().map(|s| s.index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        // A discarded plan cancels its waiting apply; a failed plan fails its step.
+        let mut d = run();
+        d.config_version = 2;
+        go(
+            &mut d,
+            &[Dispatch, Initialize, Plan, RequireConfirmation, Discard],
+        );
+        assert_eq!(d.steps[1].state, St::Cancelled);
+        let mut f = run();
+        f.config_version = 2;
+        go(&mut f, &[Dispatch, Fail]);
+        assert_eq!(states(&f), [(StepKind::Plan, St::Failed)]);
+        // Spacelift-style runs keep no steps.
+        let mut plain = run();
+        go(&mut plain, &[Dispatch, Initialize, Plan, FinishNoOp]);
+        assert!(plain.steps.is_empty());
     }
 
     #[test]

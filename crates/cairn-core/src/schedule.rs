@@ -1,6 +1,8 @@
 //! Dispatch order: prioritized runs, then blocking runs (tracked, task), then proposed, then drift
 //! detection; oldest first within a class. A blocking run may start only when it is the oldest
 //! unfinished blocking run of its stack and deployment, so they run one at a time, in order.
+//! Deployment runs are the exception: their plans run side by side and their applies queue for
+//! the deployment's lock in approval order (the server checks the lock when it dispatches).
 
 use std::collections::HashMap;
 
@@ -23,18 +25,21 @@ pub fn dispatch_order(view: DispatchView) -> Vec<Run> {
     } = view;
     runs.retain(|r| {
         !r.run_type.is_blocking()
+            || r.is_deployment_run()
             || blocking_heads.get(&(r.stack_id.clone(), r.deployment.clone())) == Some(&r.id)
     });
     runs.sort_by(|a, b| {
         (
             !a.prioritized,
             a.run_type.schedule_class(),
+            a.is_deployment_run().then_some(a.approved_at),
             a.created_at,
             &a.id,
         )
             .cmp(&(
                 !b.prioritized,
                 b.run_type.schedule_class(),
+                b.is_deployment_run().then_some(b.approved_at),
                 b.created_at,
                 &b.id,
             ))

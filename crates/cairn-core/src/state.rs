@@ -153,10 +153,12 @@ pub enum RunEvent {
     Apply,
     /// The apply succeeded (or was skipped on request).
     FinishApply,
+    /// A deployment run's apply succeeded: it plans again (a new cycle) to reach convergence.
+    Cycle,
 }
 
 impl RunEvent {
-    pub const ALL: [RunEvent; 18] = [
+    pub const ALL: [RunEvent; 19] = [
         RunEvent::Dispatch,
         RunEvent::Initialize,
         RunEvent::Plan,
@@ -175,6 +177,7 @@ impl RunEvent {
         RunEvent::PickUpApply,
         RunEvent::Apply,
         RunEvent::FinishApply,
+        RunEvent::Cycle,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -197,6 +200,7 @@ impl RunEvent {
             RunEvent::PickUpApply => "pick up for applying",
             RunEvent::Apply => "apply",
             RunEvent::FinishApply => "finish applying",
+            RunEvent::Cycle => "plan the next cycle",
         }
     }
 }
@@ -248,6 +252,10 @@ pub const TRANSITIONS: &[(RunState, RunEvent, RunState)] = &[
     (S::PreparingApply, E::Fail, S::Failed),
     (S::Applying, E::FinishApply, S::Finished),
     (S::Applying, E::Fail, S::Failed),
+    // Deployment runs: after a successful apply the run plans again (HCP Terraform's
+    // plan/apply cycles) until a plan is empty.
+    (S::PreparingApply, E::Cycle, S::ReplanRequested),
+    (S::Applying, E::Cycle, S::ReplanRequested),
 ];
 
 /// The state `event` leads to from `state`, or `None` when the table does not allow it.
@@ -323,6 +331,7 @@ mod tests {
             (Confirmed, PickUpApply) => PreparingApply,
             (PreparingApply, RunEvent::Apply) => Applying,
             (PreparingApply | Applying, FinishApply) => Finished,
+            (PreparingApply | Applying, Cycle) => ReplanRequested,
             _ => return None,
         })
     }

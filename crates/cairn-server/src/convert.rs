@@ -207,6 +207,7 @@ fn step(s: &core::Step) -> pb::Step {
         kind: match s.kind {
             core::StepKind::Plan => pb::StepKind::Plan,
             core::StepKind::Apply => pb::StepKind::Apply,
+            core::StepKind::Import => pb::StepKind::Import,
         } as i32,
         state: match s.state {
             core::StepState::Pending => pb::StepState::Pending,
