@@ -13,11 +13,11 @@ use cairn_core::{
     ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Role, Run, Stack, Worker,
     WorkerPool,
 };
+use cairn_store::{
+    Dedup, Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
+};
 use cairn_store::{GitRefRecord, VcsEventRecord, VcsIntegration};
 use cairn_store::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
-use cairn_store::{
-    Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
-};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -143,6 +143,82 @@ fn insert_err(
         } else {
             db(e)
         }
+    }
+}
+
+/// The order in which [`Store::create_runs_dedup`] writes a batch: the first run of each key,
+/// sorted by key; later runs of a key in the batch get whatever the first one got.
+struct DedupPlan {
+    keys: Vec<String>,
+    firsts: Vec<usize>,
+    /// For every run, the index of the first run of its key.
+    first_of: Vec<usize>,
+}
+
+impl DedupPlan {
+    fn new(runs: &[Run]) -> DedupPlan {
+        let keys: Vec<String> = runs.iter().map(Run::dedup_key).collect();
+        let mut seen = std::collections::HashMap::new();
+        let first_of: Vec<usize> = (0..runs.len())
+            .map(|i| *seen.entry(keys[i].as_str()).or_insert(i))
+            .collect();
+        let mut firsts: Vec<usize> = (0..runs.len()).filter(|&i| first_of[i] == i).collect();
+        firsts.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        DedupPlan {
+            keys,
+            firsts,
+            first_of,
+        }
+    }
+
+    fn finish(&self, done: Vec<Option<Dedup>>) -> Vec<Dedup> {
+        (0..done.len())
+            .map(|i| {
+                let first = self.first_of[i];
+                match &done[first] {
+                    Some(d) if first == i => d.clone(),
+                    Some(d) => Dedup::Existing(d.run().clone()),
+                    None => unreachable!("every first run of a key is written"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A chunk of runs as one array per column, for `INSERT … SELECT * FROM UNNEST(…)`.
+#[derive(Default)]
+struct RunColumns {
+    id: Vec<String>,
+    stack_id: Vec<String>,
+    deployment: Vec<String>,
+    run_type: Vec<&'static str>,
+    state: Vec<&'static str>,
+    terminal: Vec<bool>,
+    blocking: Vec<bool>,
+    prioritized: Vec<bool>,
+    created_at: Vec<i64>,
+    version: Vec<i64>,
+    workflow_id: Vec<String>,
+    doc: Vec<String>,
+    dedup_key: Vec<String>,
+}
+
+impl RunColumns {
+    fn push(&mut self, run: &Run, key: &str) -> Result<()> {
+        self.id.push(run.id.clone());
+        self.stack_id.push(run.stack_id.clone());
+        self.deployment.push(run.deployment.clone());
+        self.run_type.push(run.run_type.as_str());
+        self.state.push(run.state.as_str());
+        self.terminal.push(run.state.is_terminal());
+        self.blocking.push(run.run_type.is_blocking());
+        self.prioritized.push(run.prioritized);
+        self.created_at.push(run.created_at);
+        self.version.push(run.version);
+        self.workflow_id.push(run.workflow_id.clone());
+        self.doc.push(to_json(run)?);
+        self.dedup_key.push(key.to_string());
+        Ok(())
     }
 }
 
@@ -504,6 +580,87 @@ impl Store for PostgresStore {
         .await
         .map_err(insert_err("run", &run.id, ("stack", &run.stack_id)))?;
         Ok(run)
+    }
+
+    async fn create_runs_dedup(&self, runs: Vec<Run>) -> Result<Vec<Dedup>> {
+        let plan = DedupPlan::new(&runs);
+        let mut done: Vec<Option<Dedup>> = vec![None; runs.len()];
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // One multi-row insert per chunk. Rows go in in key order (`firsts` is sorted by key),
+        // so two replicas inserting overlapping batches wait on each other's keys in the same
+        // order and never deadlock; ON CONFLICT waits for a concurrent uncommitted insert of
+        // the same key and skips the row once that one commits.
+        for chunk in plan.firsts.chunks(1_000) {
+            let mut cols = RunColumns::default();
+            for &i in chunk {
+                cols.push(&runs[i], &plan.keys[i])?;
+            }
+            let stacks: Vec<&str> = chunk.iter().map(|&i| runs[i].stack_id.as_str()).collect();
+            let created: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO runs (id, stack_id, deployment, run_type, state, terminal, blocking,
+                                   prioritized, created_at, version, workflow_id, doc, dedup_key)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                      $6::bool[], $7::bool[], $8::bool[], $9::int8[], $10::int8[],
+                                      $11::text[], $12::text[], $13::text[])
+                 ON CONFLICT (dedup_key) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&cols.id)
+            .bind(&cols.stack_id)
+            .bind(&cols.deployment)
+            .bind(&cols.run_type)
+            .bind(&cols.state)
+            .bind(&cols.terminal)
+            .bind(&cols.blocking)
+            .bind(&cols.prioritized)
+            .bind(&cols.created_at)
+            .bind(&cols.version)
+            .bind(&cols.workflow_id)
+            .bind(&cols.doc)
+            .bind(&cols.dedup_key)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(insert_err(
+                "run",
+                &cols.id.join(","),
+                ("stack", &stacks.join(",")),
+            ))?;
+            let created: std::collections::HashSet<String> = created.into_iter().collect();
+            let mut taken = Vec::new();
+            for &i in chunk {
+                if created.contains(&runs[i].id) {
+                    done[i] = Some(Dedup::Created(runs[i].clone()));
+                } else {
+                    taken.push(plan.keys[i].clone());
+                }
+            }
+            if taken.is_empty() {
+                continue;
+            }
+            // A new statement: under READ COMMITTED it sees the rows that made ours conflict.
+            let rows = sqlx::query("SELECT dedup_key, doc FROM runs WHERE dedup_key = ANY($1)")
+                .bind(&taken)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+            let mut existing = std::collections::HashMap::new();
+            for row in &rows {
+                existing.insert(get::<String>(row, "dedup_key")?, run_from(row)?);
+            }
+            for &i in chunk {
+                if done[i].is_none() {
+                    let run = existing.get(&plan.keys[i]).cloned().ok_or_else(|| {
+                        StoreError::Backend(format!(
+                            "run dedup key {} conflicted but no run holds it",
+                            plan.keys[i]
+                        ))
+                    })?;
+                    done[i] = Some(Dedup::Existing(run));
+                }
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(plan.finish(done))
     }
 
     async fn get_run(&self, id: &str) -> Result<Run> {

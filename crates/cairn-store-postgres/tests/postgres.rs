@@ -78,3 +78,23 @@ async fn the_benchmark_walks_every_run_to_finished() {
         assert!(store.unfinished_runs(&s.id).await.unwrap().is_empty());
     }
 }
+
+/// Two stores (two pools) on one schema stand for two server replicas on one database: the
+/// database, not the process, keeps one run per dedup key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_database_create_one_run_per_dedup_key() {
+    let Some(url) = database_url() else { return };
+    let schema = schema();
+    // One after the other: the second finds the schema migrated.
+    let a: Arc<dyn Store> = Arc::new(
+        PostgresStore::connect_in_schema(&url, &schema)
+            .await
+            .unwrap(),
+    );
+    let b: Arc<dyn Store> = Arc::new(
+        PostgresStore::connect_in_schema(&url, &schema)
+            .await
+            .unwrap(),
+    );
+    cairn_store::conformance::dedup_race(&[a, b]).await;
+}

@@ -16,11 +16,11 @@ use cairn_core::{
     ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Role, Run, Stack, Worker,
     WorkerPool,
 };
+use cairn_store::{
+    Dedup, Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
+};
 use cairn_store::{GitRefRecord, VcsEventRecord, VcsIntegration};
 use cairn_store::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
-use cairn_store::{
-    Page, PageOut, PolicyRecord, PolicySample, Result, ReviewRecord, Store, StoreError,
-};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::sqlite::{
@@ -141,6 +141,45 @@ fn insert_err(
         } else {
             db(e)
         }
+    }
+}
+
+/// The order in which [`Store::create_runs_dedup`] writes a batch: the first run of each key,
+/// sorted by key; later runs of a key in the batch get whatever the first one got.
+struct DedupPlan {
+    keys: Vec<String>,
+    firsts: Vec<usize>,
+    /// For every run, the index of the first run of its key.
+    first_of: Vec<usize>,
+}
+
+impl DedupPlan {
+    fn new(runs: &[Run]) -> DedupPlan {
+        let keys: Vec<String> = runs.iter().map(Run::dedup_key).collect();
+        let mut seen = std::collections::HashMap::new();
+        let first_of: Vec<usize> = (0..runs.len())
+            .map(|i| *seen.entry(keys[i].as_str()).or_insert(i))
+            .collect();
+        let mut firsts: Vec<usize> = (0..runs.len()).filter(|&i| first_of[i] == i).collect();
+        firsts.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        DedupPlan {
+            keys,
+            firsts,
+            first_of,
+        }
+    }
+
+    fn finish(&self, done: Vec<Option<Dedup>>) -> Vec<Dedup> {
+        (0..done.len())
+            .map(|i| {
+                let first = self.first_of[i];
+                match &done[first] {
+                    Some(d) if first == i => d.clone(),
+                    Some(d) => Dedup::Existing(d.run().clone()),
+                    None => unreachable!("every first run of a key is written"),
+                }
+            })
+            .collect()
     }
 }
 
@@ -500,6 +539,51 @@ impl Store for SqliteStore {
         .await
         .map_err(insert_err("run", &run.id, ("stack", &run.stack_id)))?;
         Ok(run)
+    }
+
+    async fn create_runs_dedup(&self, runs: Vec<Run>) -> Result<Vec<Dedup>> {
+        let plan = DedupPlan::new(&runs);
+        let mut done: Vec<Option<Dedup>> = vec![None; runs.len()];
+        // IMMEDIATE: another process on the same file cannot slip in between an insert that
+        // found the key taken and the read of the run holding it.
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        for &i in &plan.firsts {
+            let run = &runs[i];
+            let inserted = sqlx::query(
+                "INSERT INTO runs (id, stack_id, deployment, run_type, state, terminal, blocking,
+                                   prioritized, created_at, version, workflow_id, doc, dedup_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (dedup_key) DO NOTHING",
+            )
+            .bind(&run.id)
+            .bind(&run.stack_id)
+            .bind(&run.deployment)
+            .bind(run.run_type.as_str())
+            .bind(run.state.as_str())
+            .bind(run.state.is_terminal())
+            .bind(run.run_type.is_blocking())
+            .bind(run.prioritized)
+            .bind(run.created_at)
+            .bind(run.version)
+            .bind(&run.workflow_id)
+            .bind(to_json(run)?)
+            .bind(&plan.keys[i])
+            .execute(&mut *tx)
+            .await
+            .map_err(insert_err("run", &run.id, ("stack", &run.stack_id)))?;
+            done[i] = Some(if inserted.rows_affected() == 1 {
+                Dedup::Created(run.clone())
+            } else {
+                let row = sqlx::query("SELECT doc FROM runs WHERE dedup_key = ?1")
+                    .bind(&plan.keys[i])
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                Dedup::Existing(run_from(&row)?)
+            });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(plan.finish(done))
     }
 
     async fn get_run(&self, id: &str) -> Result<Run> {

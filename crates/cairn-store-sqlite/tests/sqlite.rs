@@ -77,3 +77,13 @@ async fn the_benchmark_walks_every_run_to_finished() {
         }
     }
 }
+
+/// Two stores on one file stand for two server processes: the database, not the process,
+/// keeps one run per dedup key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_handles_on_one_file_create_one_run_per_dedup_key() {
+    let path = scratch().join("replicas.db");
+    let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    cairn_store::conformance::dedup_race(&[a, b]).await;
+}

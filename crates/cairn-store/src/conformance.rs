@@ -29,6 +29,8 @@ mod vcs;
 pub use vcs::*;
 mod notify;
 pub use notify::*;
+mod dedup;
+pub use dedup::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. The first argument is an expression
 /// that can be called with no arguments and returns a future of `Arc<dyn Store>`; it is called
@@ -65,6 +67,8 @@ macro_rules! conformance_tests {
             reviews_and_approval_outcomes,
             vcs_integrations_events_and_refs,
             webhooks_deliveries_and_pr_comments,
+            run_dedup_keys_are_unique,
+            concurrent_dedup_inserts_have_one_winner,
         );
     };
     (@cases $factory:expr; $skip:expr; $($case:ident),* $(,)?) => {

@@ -105,6 +105,14 @@ pub trait Store: Send + Sync + 'static {
 
     // Runs.
     async fn create_run(&self, run: Run) -> Result<Run>;
+    /// Creates each run unless a run with the same [`Run::dedup_key`] exists — stored earlier,
+    /// earlier in the same batch, or inserted concurrently by another writer (another replica
+    /// on the same database): that run is then returned as [`Dedup::Existing`] and nothing is
+    /// written for it. Per key, of any number of concurrent callers exactly one gets
+    /// [`Dedup::Created`]. Results are in input order. The batch is one transaction (keys are
+    /// inserted in sorted order, so concurrent batches cannot deadlock); NotFound names a
+    /// missing stack. Runs created by [`Store::create_run`] carry no key and never collide.
+    async fn create_runs_dedup(&self, runs: Vec<Run>) -> Result<Vec<Dedup>>;
     async fn get_run(&self, id: &str) -> Result<Run>;
     /// A stack's runs, newest first.
     async fn list_runs(&self, stack_id: &str, page: &Page) -> Result<PageOut<Run>>;
@@ -270,6 +278,42 @@ pub trait Store: Send + Sync + 'static {
         pull_request: i64,
         comment_id: i64,
     ) -> Result<()>;
+}
+
+/// What [`Store::create_runs_dedup`] did with one run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dedup {
+    /// The run was stored as given.
+    Created(Run),
+    /// A run with the same dedup key already existed: this is that run, unchanged.
+    Existing(Run),
+}
+
+impl Dedup {
+    pub fn run(&self) -> &Run {
+        match self {
+            Dedup::Created(r) | Dedup::Existing(r) => r,
+        }
+    }
+
+    pub fn into_run(self) -> Run {
+        match self {
+            Dedup::Created(r) | Dedup::Existing(r) => r,
+        }
+    }
+
+    pub fn created(&self) -> bool {
+        matches!(self, Dedup::Created(_))
+    }
+}
+
+/// [`Store::create_runs_dedup`] for one run.
+pub async fn create_run_dedup(store: &dyn Store, run: Run) -> Result<Dedup> {
+    store
+        .create_runs_dedup(vec![run])
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Backend("create_runs_dedup returned no result".into()))
 }
 
 /// A stored Rego policy.
