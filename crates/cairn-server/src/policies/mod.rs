@@ -393,6 +393,30 @@ pub struct NewRun {
 
 /// Creates a QUEUED run on `stack`, lets approval policies look at it and wakes the scheduler.
 pub async fn create_run(state: &AppState, stack: &Stack, new: NewRun) -> Result<Run> {
+    let run = state.store.create_run(new_run(stack, new)).await?;
+    tracing::info!(run.id = %run.id, stack.id = %run.stack_id, run.type = run.run_type.as_str(), triggered_by = %run.triggered_by, "run created by policy");
+    after_run_created(state, &run).await;
+    Ok(run)
+}
+
+/// [`create_run`] for runs a VCS event asks for: stored only if no run of the stack has the
+/// same dedup key ([`Run::dedup_key`]: deployment, commit SHA, run type), atomically in the
+/// store, so that replicas processing the same event create one run. The caller finishes a
+/// created run with [`after_run_created`] (after pre-empting what it replaces).
+pub async fn create_vcs_run(
+    state: &AppState,
+    stack: &Stack,
+    new: NewRun,
+) -> Result<cairn_store::Dedup> {
+    let out = cairn_store::create_run_dedup(&*state.store, new_run(stack, new)).await?;
+    if let cairn_store::Dedup::Created(run) = &out {
+        tracing::info!(run.id = %run.id, stack.id = %run.stack_id, run.type = run.run_type.as_str(), triggered_by = %run.triggered_by, "run created by VCS event");
+    }
+    Ok(out)
+}
+
+/// The QUEUED run `new` describes, not yet stored.
+pub fn new_run(stack: &Stack, new: NewRun) -> Run {
     let mut run = Run::new(
         cairn_core::ids::new_run_id(),
         stack.id.clone(),
@@ -408,10 +432,7 @@ pub async fn create_run(state: &AppState, stack: &Stack, new: NewRun) -> Result<
     run.prioritized = new.prioritized;
     run.flags = new.flags;
     run.pull_request = new.pull_request;
-    let run = state.store.create_run(run).await?;
-    tracing::info!(run.id = %run.id, stack.id = %run.stack_id, run.type = run.run_type.as_str(), triggered_by = %run.triggered_by, "run created by policy");
-    after_run_created(state, &run).await;
-    Ok(run)
+    run
 }
 
 /// Every new run: approval policies decide whether a QUEUED run may start.
