@@ -23,6 +23,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+mod deployments;
 mod notify;
 mod policy;
 mod tfstate;
@@ -1263,6 +1264,70 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<cairn_store::DeliveryRecord>> {
         self.notify_list_deliveries(webhook_id, limit).await
+    }
+
+    async fn create_deployment(
+        &self,
+        deployment: cairn_core::Deployment,
+    ) -> Result<cairn_core::Deployment> {
+        self.dep_create(deployment).await
+    }
+
+    async fn get_deployment(&self, stack_id: &str, name: &str) -> Result<cairn_core::Deployment> {
+        self.dep_get(stack_id, name).await
+    }
+
+    async fn list_deployments(&self, stack_id: &str) -> Result<Vec<cairn_core::Deployment>> {
+        self.dep_list(stack_id).await
+    }
+
+    async fn update_deployment(
+        &self,
+        deployment: cairn_core::Deployment,
+    ) -> Result<cairn_core::Deployment> {
+        self.dep_update(deployment).await
+    }
+
+    async fn acquire_deployment_lock(
+        &self,
+        stack_id: &str,
+        name: &str,
+        run_id: &str,
+    ) -> Result<String> {
+        self.dep_lock(stack_id, name, run_id).await
+    }
+
+    async fn release_deployment_lock(
+        &self,
+        stack_id: &str,
+        name: &str,
+        run_id: &str,
+    ) -> Result<bool> {
+        self.dep_unlock(stack_id, name, run_id).await
+    }
+
+    async fn add_configuration_version(
+        &self,
+        version: cairn_core::ConfigurationVersion,
+    ) -> Result<cairn_core::ConfigurationVersion> {
+        self.cv_add(version).await
+    }
+
+    async fn get_configuration_version(
+        &self,
+        stack_id: &str,
+        seq: i64,
+    ) -> Result<cairn_core::ConfigurationVersion> {
+        self.cv_get(stack_id, seq).await
+    }
+
+    async fn list_configuration_versions(
+        &self,
+        stack_id: &str,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<cairn_core::ConfigurationVersion>> {
+        self.cv_list(stack_id, before, limit).await
     }
 
     async fn pr_comment_id(&self, stack_id: &str, pull_request: i64) -> Result<Option<i64>> {

@@ -25,6 +25,8 @@ use crate::{transition, Page, PolicyRecord, PolicySample, ReviewRecord, Store, S
 
 mod tfstate;
 pub use tfstate::*;
+mod deployments;
+pub use deployments::*;
 mod vcs;
 pub use vcs::*;
 mod notify;
@@ -58,6 +60,8 @@ macro_rules! conformance_tests {
             logs,
             pools_workers_and_leases,
             state_versions_append_only_and_refuse_stale_writes,
+            deployments_crud_and_lock,
+            configuration_versions_are_numbered_per_stack,
             state_locks_acquire_release_and_force_release,
             concurrent_state_writers_have_one_winner,
             api_keys,

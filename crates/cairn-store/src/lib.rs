@@ -8,8 +8,8 @@
 
 use async_trait::async_trait;
 use cairn_core::{
-    ApiKey, CoreError, DispatchView, EnvVar, Lease, LogLine, Nanos, Run, RunEvent, RunPatch, Stack,
-    Worker, WorkerPool,
+    ApiKey, ConfigurationVersion, CoreError, Deployment, DispatchView, EnvVar, Lease, LogLine,
+    Nanos, Run, RunEvent, RunPatch, Stack, Worker, WorkerPool,
 };
 
 pub mod bench;
@@ -269,6 +269,48 @@ pub trait Store: Send + Sync + 'static {
         webhook_id: &str,
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>>;
+
+    // Deployments of a stack (HCP Terraform) and its configuration versions.
+    /// AlreadyExists when the stack has a deployment of that name; NotFound without the stack.
+    async fn create_deployment(&self, deployment: Deployment) -> Result<Deployment>;
+    async fn get_deployment(&self, stack_id: &str, name: &str) -> Result<Deployment>;
+    /// A stack's deployments (removed ones too), ordered by name.
+    async fn list_deployments(&self, stack_id: &str) -> Result<Vec<Deployment>>;
+    /// Replaces a deployment's document (its lock is untouched); NotFound when absent.
+    async fn update_deployment(&self, deployment: Deployment) -> Result<Deployment>;
+    /// Takes the deployment's lock for `run_id` unless another run holds it: one atomic
+    /// compare-and-set. Returns the holder afterwards (`run_id` when taken or already held).
+    async fn acquire_deployment_lock(
+        &self,
+        stack_id: &str,
+        name: &str,
+        run_id: &str,
+    ) -> Result<String>;
+    /// Frees the lock if `run_id` holds it; true when it did.
+    async fn release_deployment_lock(
+        &self,
+        stack_id: &str,
+        name: &str,
+        run_id: &str,
+    ) -> Result<bool>;
+    /// Appends a configuration version with the stack's next `seq` (1, 2, ...), assigned
+    /// atomically; the returned version carries it. NotFound without the stack.
+    async fn add_configuration_version(
+        &self,
+        version: ConfigurationVersion,
+    ) -> Result<ConfigurationVersion>;
+    async fn get_configuration_version(
+        &self,
+        stack_id: &str,
+        seq: i64,
+    ) -> Result<ConfigurationVersion>;
+    /// Newest first, at most `limit`, with `seq` below `before` when `before` > 0.
+    async fn list_configuration_versions(
+        &self,
+        stack_id: &str,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<ConfigurationVersion>>;
 
     // The provider comment id of the pull-request comment Cairn keeps for a stack.
     async fn pr_comment_id(&self, stack_id: &str, pull_request: i64) -> Result<Option<i64>>;
