@@ -1231,6 +1231,20 @@ impl Store for PostgresStore {
         self.vcs_set_git_refs(repository, refs).await
     }
 
+    async fn put_pull_request(&self, pr: cairn_store::PullRequestRecord) -> Result<()> {
+        self.vcs_put_pull_request(pr).await
+    }
+
+    async fn get_pull_request(
+        &self,
+        integration_id: &str,
+        repository: &str,
+        number: i64,
+    ) -> Result<Option<cairn_store::PullRequestRecord>> {
+        self.vcs_get_pull_request(integration_id, repository, number)
+            .await
+    }
+
     async fn create_webhook(
         &self,
         webhook: cairn_store::WebhookRecord,

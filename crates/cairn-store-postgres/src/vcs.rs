@@ -1,7 +1,9 @@
 //! VCS integrations, received deliveries and the plain-Git poller's refs (migration 0004).
 
 use cairn_core::Nanos;
-use cairn_store::{GitRefRecord, Result, StoreError, VcsEventRecord, VcsIntegration};
+use cairn_store::{
+    GitRefRecord, PullRequestRecord, Result, StoreError, VcsEventRecord, VcsIntegration,
+};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -180,5 +182,57 @@ impl PostgresStore {
                 .map_err(db)?;
         }
         tx.commit().await.map_err(db)
+    }
+
+    pub(crate) async fn vcs_put_pull_request(&self, pr: PullRequestRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vcs_pull_requests (integration_id, repository, number, event_json,
+                                            updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (integration_id, repository, number)
+             DO UPDATE SET event_json = excluded.event_json, updated_at = excluded.updated_at",
+        )
+        .bind(&pr.integration_id)
+        .bind(&pr.repository)
+        .bind(pr.number)
+        .bind(&pr.event_json)
+        .bind(pr.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(insert_err(
+            "pull request",
+            &format!("{}#{}", pr.repository, pr.number),
+            ("vcs integration", &pr.integration_id),
+        ))?;
+        Ok(())
+    }
+
+    pub(crate) async fn vcs_get_pull_request(
+        &self,
+        integration_id: &str,
+        repository: &str,
+        number: i64,
+    ) -> Result<Option<PullRequestRecord>> {
+        let row = sqlx::query(
+            "SELECT integration_id, repository, number, event_json, updated_at
+             FROM vcs_pull_requests
+             WHERE integration_id = $1 AND repository = $2 AND number = $3",
+        )
+        .bind(integration_id)
+        .bind(repository)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r: PgRow| {
+            Ok(PullRequestRecord {
+                integration_id: r.try_get("integration_id").map_err(db)?,
+                repository: r.try_get("repository").map_err(db)?,
+                number: r.try_get("number").map_err(db)?,
+                event_json: r.try_get("event_json").map_err(db)?,
+                updated_at: r.try_get("updated_at").map_err(db)?,
+            })
+        })
+        .transpose()
     }
 }

@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             vcs_integrations_events_and_refs,
             webhooks_deliveries_and_pr_comments,
             run_dedup_keys_are_unique,
+            pull_request_snapshots,
             concurrent_dedup_inserts_have_one_winner,
         );
     };

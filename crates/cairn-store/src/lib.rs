@@ -20,7 +20,7 @@ pub mod vcs;
 
 pub use notify::{DeliveryRecord, WebhookRecord};
 pub use tfstate::{LockAttempt, StateLock, StateVersion, UnlockOutcome};
-pub use vcs::{GitRefRecord, VcsEventRecord, VcsIntegration};
+pub use vcs::{GitRefRecord, PullRequestRecord, VcsEventRecord, VcsIntegration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -253,6 +253,16 @@ pub trait Store: Send + Sync + 'static {
     async fn git_refs(&self, repository: &str) -> Result<Vec<GitRefRecord>>;
     /// Replaces every ref stored for `repository`.
     async fn set_git_refs(&self, repository: &str, refs: &[GitRefRecord]) -> Result<()>;
+
+    // The newest event of each pull request, for comment events that name only its number.
+    /// Inserts or replaces the pull request's record; NotFound when the integration is gone.
+    async fn put_pull_request(&self, pr: PullRequestRecord) -> Result<()>;
+    async fn get_pull_request(
+        &self,
+        integration_id: &str,
+        repository: &str,
+        number: i64,
+    ) -> Result<Option<PullRequestRecord>>;
 
     // Outgoing webhooks (AlreadyExists on a taken id), listed by id. Deleting one (NotFound
     // when absent) deletes its deliveries.

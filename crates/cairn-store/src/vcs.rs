@@ -45,3 +45,16 @@ pub struct GitRefRecord {
     pub name: String,
     pub sha: String,
 }
+
+/// The newest normalized pull-request event of one pull request (see
+/// [`crate::Store::put_pull_request`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PullRequestRecord {
+    pub integration_id: String,
+    /// `owner/name` of the base repository.
+    pub repository: String,
+    pub number: i64,
+    /// The event as the VCS layer serializes it; the store never looks inside.
+    pub event_json: String,
+    pub updated_at: Nanos,
+}

@@ -132,3 +132,47 @@ pub async fn vcs_integrations_events_and_refs(store: Arc<dyn Store>) {
         [r("refs/heads/main", "c1")]
     );
 }
+
+pub async fn pull_request_snapshots(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    s.create_vcs_integration(integration("gh")).await.unwrap();
+    s.create_vcs_integration(integration("gh2")).await.unwrap();
+    let pr = |integration: &str, repo: &str, number: i64, json: &str, at: i64| {
+        crate::PullRequestRecord {
+            integration_id: integration.into(),
+            repository: repo.into(),
+            number,
+            event_json: json.into(),
+            updated_at: at,
+        }
+    };
+    assert_eq!(s.get_pull_request("gh", "o/r", 1).await.unwrap(), None);
+    s.put_pull_request(pr("gh", "o/r", 1, r#"{"v":1}"#, 10))
+        .await
+        .unwrap();
+    s.put_pull_request(pr("gh", "o/r", 2, r#"{"v":"two"}"#, 11))
+        .await
+        .unwrap();
+    s.put_pull_request(pr("gh2", "o/r", 1, r#"{"other":true}"#, 12))
+        .await
+        .unwrap();
+    // A newer event of the same pull request replaces the record.
+    s.put_pull_request(pr("gh", "o/r", 1, r#"{"v":3}"#, 13))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_pull_request("gh", "o/r", 1).await.unwrap(),
+        Some(pr("gh", "o/r", 1, r#"{"v":3}"#, 13))
+    );
+    assert_eq!(
+        s.get_pull_request("gh2", "o/r", 1).await.unwrap(),
+        Some(pr("gh2", "o/r", 1, r#"{"other":true}"#, 12))
+    );
+    assert_eq!(s.get_pull_request("gh", "o/other", 1).await.unwrap(), None);
+    match s.put_pull_request(pr("missing", "o/r", 1, "{}", 1)).await {
+        Err(StoreError::NotFound { kind, id }) => {
+            assert_eq!((kind, id.as_str()), ("vcs integration", "missing"))
+        }
+        other => panic!("expected the integration to be named, got {other:?}"),
+    }
+}
