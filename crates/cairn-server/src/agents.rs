@@ -1154,7 +1154,9 @@ async fn lease_run(
     kind: apb::JobKind,
 ) -> Result<()> {
     let env = state.store.list_env_vars(&stack.id).await?;
-    let env = crate::state_backend::with_lease_env(state, run, stack, env)?;
+    // The lease id first: the state password is bound to it.
+    let lease_id = cairn_core::ids::new_id("lease");
+    let env = crate::state_backend::with_lease_env(state, run, stack, &lease_id, env)?;
     let workspace_key = match kind {
         apb::JobKind::Apply => state.artifacts.data_key(&state.master_key, &run.id).await?,
         _ => {
@@ -1164,7 +1166,6 @@ async fn lease_run(
                 .await?
         }
     };
-    let lease_id = cairn_core::ids::new_id("lease");
     // A PLAN_AND_APPLY lease (tracked runs only) uploads only when ProceedJob asks for it.
     let upload = kind != apb::JobKind::Apply && run.run_type != RunType::Proposed;
     let secrets: Vec<String> = env

@@ -81,6 +81,17 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/cairn.v1.NotificationService/ListWebhooks", R(Reader)),
     ("/cairn.v1.NotificationService/DeleteWebhook", R(Admin)),
     ("/cairn.v1.NotificationService/ListDeliveries", R(Reader)),
+    // Managed state. Readers see versions and redacted outputs (the document itself only
+    // reaches admins, checked in the service); restoring, force-unlocking are admin operations;
+    // an import queues a run like TriggerRun (replacing existing state needs admin, checked in
+    // the service).
+    ("/cairn.v1.StateService/ListStateVersions", R(Reader)),
+    ("/cairn.v1.StateService/GetStateVersion", R(Reader)),
+    ("/cairn.v1.StateService/GetOutputs", R(Reader)),
+    ("/cairn.v1.StateService/RestoreStateVersion", R(Admin)),
+    ("/cairn.v1.StateService/GetStateLock", R(Reader)),
+    ("/cairn.v1.StateService/ForceUnlock", R(Admin)),
+    ("/cairn.v1.StateService/ImportState", R(Writer)),
     ("/cairn.v1.WorkerPoolService/CreateWorkerPool", R(Admin)),
     ("/cairn.v1.WorkerPoolService/ListWorkerPools", R(Reader)),
     ("/cairn.v1.WorkerPoolService/ListWorkers", R(Reader)),
@@ -211,6 +222,7 @@ mod tests {
             "cairn.v1.PolicyService",
             "cairn.v1.NotificationService",
             "cairn.v1.VcsService",
+            "cairn.v1.StateService",
             "cairn.agent.v1.AgentService",
         ];
         let mut n = 0;

@@ -24,7 +24,9 @@ pub mod policies;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod state_admin;
 pub mod state_backend;
+pub mod upstream;
 pub mod vcs;
 
 pub use config::{Config, ConfigLayer};

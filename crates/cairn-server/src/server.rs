@@ -11,6 +11,7 @@ use cairn_proto::v1::notification_service_server::NotificationServiceServer;
 use cairn_proto::v1::policy_service_server::PolicyServiceServer;
 use cairn_proto::v1::run_service_server::RunServiceServer;
 use cairn_proto::v1::stack_service_server::StackServiceServer;
+use cairn_proto::v1::state_service_server::StateServiceServer;
 use cairn_proto::v1::system_service_server::SystemServiceServer;
 use cairn_proto::v1::vcs_service_server::VcsServiceServer;
 use cairn_proto::v1::worker_pool_service_server::WorkerPoolServiceServer;
@@ -186,6 +187,9 @@ impl Server {
         health
             .set_serving::<NotificationServiceServer<NotificationSvc>>()
             .await;
+        health
+            .set_serving::<StateServiceServer<crate::services::state::StateSvc>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -212,6 +216,9 @@ impl Server {
             state: state.clone(),
         }))
         .add_service(NotificationServiceServer::new(NotificationSvc {
+            state: state.clone(),
+        }))
+        .add_service(StateServiceServer::new(crate::services::state::StateSvc {
             state: state.clone(),
         }))
         .add_service(health_svc)

@@ -13,11 +13,17 @@
 //!   holder's lock info (which Terraform prints); unlocking with another ID gets 409.
 //!
 //! Callers authenticate with HTTP basic auth: username `run:<run id>` and the password handed
-//! out in that run's leases. The password is an AES-GCM sealed random value bound to the run id
-//! by the master key, so any replica sharing the key can check it and nothing is stored; it is
-//! accepted while the run is unfinished or still holds a lease (a stopped run's Terraform may
-//! still be writing its last state) and refused afterwards. A run may only reach its own stack
-//! and deployment; proposed runs may only read.
+//! out in one of that run's leases. The password is the lease id sealed (AES-GCM) by the master
+//! key with the run id as associated data, so any replica sharing the key can check it and
+//! nothing is stored. It lives exactly as long as its lease: accepted while the lease exists and
+//! its worker heartbeats (a stopped run's Terraform may still be writing its last state), refused
+//! once the lease ended or expired; the next lease (apply after plan) brings a new one. A run may
+//! only reach its own stack and deployment; proposed runs may only read.
+//!
+//! A lock records its holder: the run, the worker of that run's lease, and Terraform's own
+//! `Who`; a refused lock request gets the holder's lock info (Terraform's document, Cairn's run
+//! and worker added to its `Info`) as the 423/409 body. Terraform 1.0.3 prints only the holder's
+//! `ID` from it; `StateService.GetStateLock` shows the rest.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,12 +34,11 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use cairn_core::{EnvVar, Run, RunType, Stack};
+use cairn_core::{EnvVar, Lease, Run, RunType, Stack};
 use cairn_store::{LockAttempt, StateLock, StateVersion, StoreError, UnlockOutcome};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::crypto::random_bytes;
 use crate::error::{Result, ServerError};
 use crate::state::AppState;
 
@@ -116,21 +121,22 @@ fn password_aad(run_id: &str) -> Vec<u8> {
     format!("cairn-state-password\0{run_id}").into_bytes()
 }
 
-/// A new password for `run_id`'s state access.
-pub fn issue_password(state: &AppState, run_id: &str) -> Result<String> {
+/// A new password for `run_id`'s state access during lease `lease_id`.
+pub fn issue_password(state: &AppState, run_id: &str, lease_id: &str) -> Result<String> {
     let sealed = state
         .master_key
-        .wrap(&random_bytes::<16>(), &password_aad(run_id))?;
+        .wrap(lease_id.as_bytes(), &password_aad(run_id))?;
     Ok(hex::encode(sealed))
 }
 
-fn password_matches(state: &AppState, run_id: &str, password: &str) -> bool {
-    hex::decode(password).ok().is_some_and(|sealed| {
-        state
-            .master_key
-            .unwrap(&sealed, &password_aad(run_id))
-            .is_ok()
-    })
+/// The lease a password was issued for, if it was issued for `run_id` with this master key.
+fn password_lease(state: &AppState, run_id: &str, password: &str) -> Option<String> {
+    let sealed = hex::decode(password).ok()?;
+    let lease_id = state
+        .master_key
+        .unwrap(&sealed, &password_aad(run_id))
+        .ok()?;
+    String::from_utf8(lease_id.to_vec()).ok()
 }
 
 fn is_tf_vendor(vendor: &str) -> bool {
@@ -154,6 +160,7 @@ pub fn with_lease_env(
     state: &AppState,
     run: &Run,
     stack: &Stack,
+    lease_id: &str,
     mut env: Vec<EnvVar>,
 ) -> Result<Vec<EnvVar>> {
     if !is_tf_vendor(&stack.vendor) || !managed(&env) {
@@ -172,7 +179,11 @@ pub fn with_lease_env(
         false,
     ));
     env.push(var(USERNAME_VAR, format!("run:{}", run.id), false));
-    env.push(var(PASSWORD_VAR, issue_password(state, &run.id)?, true));
+    env.push(var(
+        PASSWORD_VAR,
+        issue_password(state, &run.id, lease_id)?,
+        true,
+    ));
     if run.run_type == RunType::Proposed {
         env.push(var(READ_ONLY_VAR, "1".into(), false));
     }
@@ -218,6 +229,50 @@ pub fn redacted_outputs(doc: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// A state document checked for what Cairn relies on: a JSON object in Terraform's state format
+/// (`version` 3 or 4), a non-negative integer `serial`, a non-empty `lineage`, `outputs` an
+/// object of `{value, type, sensitive}` and `resources` an array when present. Returns the
+/// document, serial and lineage, or why it is not a state.
+pub fn parse_state(body: &[u8]) -> std::result::Result<(Value, i64, String), String> {
+    let doc: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Value::Object(m),
+        Ok(_) => return Err("the state must be a JSON object".into()),
+        Err(e) => return Err(format!("the state is not JSON: {e}")),
+    };
+    match doc.get("version").and_then(Value::as_i64) {
+        Some(3 | 4) => {}
+        Some(v) => return Err(format!("the state's `version` {v} is not 3 or 4")),
+        None => return Err("the state needs an integer `version` (4)".into()),
+    }
+    let serial = doc
+        .get("serial")
+        .and_then(Value::as_i64)
+        .filter(|s| *s >= 0)
+        .ok_or("the state needs a non-negative integer `serial`")?;
+    let lineage = doc
+        .get("lineage")
+        .and_then(Value::as_str)
+        .filter(|l| !l.is_empty())
+        .ok_or("the state needs a `lineage`")?
+        .to_string();
+    match doc.get("outputs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(outputs)) => {
+            if let Some((name, _)) = outputs.iter().find(|(_, o)| !o.is_object()) {
+                return Err(format!("the state's output {name:?} is not an object"));
+            }
+        }
+        Some(_) => return Err("the state's `outputs` must be an object".into()),
+    }
+    if !matches!(
+        doc.get("resources"),
+        None | Some(Value::Null | Value::Array(_))
+    ) {
+        return Err("the state's `resources` must be an array".into());
+    }
+    Ok((doc, serial, lineage))
 }
 
 /// A request refused before it reaches the state (boxed: responses are large).
@@ -269,13 +324,14 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     (!run_id.is_empty()).then(|| (run_id.to_string(), password.to_string()))
 }
 
-/// The authenticated run, or the response refusing the request.
+/// The authenticated run and the lease its password came with, or the response refusing the
+/// request.
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     stack_id: &str,
     deployment: &str,
-) -> std::result::Result<Run, Refused> {
+) -> std::result::Result<(Run, Lease), Refused> {
     let unauthorized = || {
         Box::new(plain(
             StatusCode::UNAUTHORIZED,
@@ -283,33 +339,35 @@ async fn authenticate(
         ))
     };
     let (run_id, password) = basic_credentials(headers).ok_or_else(unauthorized)?;
-    if !password_matches(state, &run_id, &password) {
-        return Err(unauthorized());
+    let lease_id = password_lease(state, &run_id, &password).ok_or_else(unauthorized)?;
+    let expired = || {
+        Box::new(plain(
+            StatusCode::UNAUTHORIZED,
+            "the run's state credentials expired with its lease",
+        ))
+    };
+    let lease = match state.store.get_lease(&lease_id).await {
+        Ok(lease) => lease,
+        Err(StoreError::NotFound { .. }) => return Err(expired()),
+        Err(e) => return Err(Box::new(internal(e))),
+    };
+    let timeout = i64::try_from(state.config.lease_timeout.as_nanos()).unwrap_or(i64::MAX);
+    // An expired lease not yet swept by the scheduler is already over.
+    if lease.run_id != run_id || lease.is_expired(cairn_core::now_nanos(), timeout) {
+        return Err(expired());
     }
     let run = match state.store.get_run(&run_id).await {
         Ok(run) => run,
         Err(StoreError::NotFound { .. }) => return Err(unauthorized()),
         Err(e) => return Err(Box::new(internal(e))),
     };
-    if run.state.is_terminal() {
-        let leased = match state.store.list_leases().await {
-            Ok(leases) => leases.iter().any(|l| l.run_id == run.id),
-            Err(e) => return Err(Box::new(internal(e))),
-        };
-        if !leased {
-            return Err(Box::new(plain(
-                StatusCode::UNAUTHORIZED,
-                "the run's state credentials expired with the run",
-            )));
-        }
-    }
     if run.stack_id != stack_id || run.deployment != deployment {
         return Err(Box::new(plain(
             StatusCode::FORBIDDEN,
             "a run may only use its own stack's deployment state",
         )));
     }
-    Ok(run)
+    Ok((run, lease))
 }
 
 async fn handle(
@@ -332,8 +390,8 @@ async fn serve_request(
     req: Request,
 ) -> Response {
     let method = req.method().clone();
-    let run = match authenticate(state, req.headers(), stack_id, deployment).await {
-        Ok(run) => run,
+    let (run, lease) = match authenticate(state, req.headers(), stack_id, deployment).await {
+        Ok(found) => found,
         Err(resp) => return *resp,
     };
     let writes = method != Method::GET && method != Method::HEAD;
@@ -357,7 +415,7 @@ async fn serve_request(
                 Ok(b) => b,
                 Err(resp) => return *resp,
             };
-            lock(state, &run, stack_id, deployment, &body).await
+            lock(state, &run, &lease, stack_id, deployment, &body).await
         }
         "UNLOCK" => {
             let body = match read_body(state, req).await {
@@ -417,7 +475,25 @@ async fn get_state(state: &AppState, stack_id: &str, deployment: &str) -> Respon
 }
 
 fn lock_conflict(status: StatusCode, lock: &StateLock) -> Response {
-    json_body(status, lock.info_json.clone())
+    json_body(status, holder_info(lock))
+}
+
+/// Terraform's lock info of a held lock with Cairn's holder (run and worker) added to its
+/// `Info`, so that a refused Terraform names the run to look at, not only the host it ran on.
+pub fn holder_info(lock: &StateLock) -> String {
+    let Ok(Value::Object(mut doc)) = serde_json::from_str::<Value>(&lock.info_json) else {
+        return lock.info_json.clone();
+    };
+    let mut holder = format!("held by Cairn run {}", lock.holder_run_id);
+    if !lock.holder_worker_id.is_empty() {
+        holder.push_str(&format!(" on worker {}", lock.holder_worker_id));
+    }
+    let info = match doc.get("Info").and_then(Value::as_str) {
+        Some(existing) if !existing.is_empty() => format!("{existing} ({holder})"),
+        _ => holder,
+    };
+    doc.insert("Info".into(), Value::String(info));
+    Value::Object(doc).to_string()
 }
 
 async fn put_state(
@@ -428,33 +504,11 @@ async fn put_state(
     lock_id: Option<&String>,
     body: Vec<u8>,
 ) -> Response {
-    let doc: Value = match serde_json::from_slice(&body) {
-        Ok(Value::Object(m)) => Value::Object(m),
-        Ok(_) => return plain(StatusCode::BAD_REQUEST, "the state must be a JSON object"),
-        Err(e) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("the state is not JSON: {e}"),
-            )
-        }
+    let (doc, serial, lineage) = match parse_state(&body) {
+        Ok(parsed) => parsed,
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, reason),
     };
-    let Some(serial) = doc
-        .get("serial")
-        .and_then(Value::as_i64)
-        .filter(|s| *s >= 0)
-    else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "the state needs a non-negative integer `serial`",
-        );
-    };
-    let Some(lineage) = doc
-        .get("lineage")
-        .and_then(Value::as_str)
-        .filter(|l| !l.is_empty())
-    else {
-        return plain(StatusCode::BAD_REQUEST, "the state needs a `lineage`");
-    };
+    let lineage = lineage.as_str();
     match state.store.get_state_lock(stack_id, deployment).await {
         Ok(Some(held)) => {
             if lock_id != Some(&held.id) {
@@ -512,10 +566,12 @@ async fn put_state(
         body,
         created_at: cairn_core::now_nanos(),
         created_by_run: run.id.clone(),
+        note: String::new(),
     };
     match state.store.add_state_version(version).await {
         Ok(v) => {
             tracing::info!(run.id = %run.id, serial = v.serial, "state version stored");
+            crate::upstream::outputs_written(state, current.as_ref(), &v).await;
             StatusCode::OK.into_response()
         }
         Err(e @ StoreError::Conflict { .. }) => plain(StatusCode::CONFLICT, e.to_string()),
@@ -547,6 +603,7 @@ fn lock_info_id(body: &[u8]) -> std::result::Result<String, Refused> {
 async fn lock(
     state: &AppState,
     run: &Run,
+    lease: &Lease,
     stack_id: &str,
     deployment: &str,
     body: &[u8],
@@ -560,6 +617,7 @@ async fn lock(
         deployment: deployment.to_string(),
         id,
         holder_run_id: run.id.clone(),
+        holder_worker_id: lease.worker_id.clone(),
         info_json: String::from_utf8_lossy(body).into_owned(),
         created_at: cairn_core::now_nanos(),
     };

@@ -4,9 +4,9 @@
 //! Credentials come from real leases of a real server on 127.0.0.1:0.
 
 mod common;
+mod tfhelp;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,219 +16,8 @@ use cairn_proto::v1 as pb;
 use cairn_store::Store;
 use common::{TestAgent, TestServer, SHA_A};
 use serde_json::Value;
+use tfhelp::{copy_dir, http, write_project, Creds, Tf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn tools_dir() -> PathBuf {
-    std::env::var_os("CAIRN_TOOLS_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools"),
-        PathBuf::from,
-    )
-}
-
-/// A missing tool is a broken test environment, not a skip.
-fn required(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask provision` (or set CAIRN_TOOLS_DIR)",
-        path.display()
-    );
-    path
-}
-
-struct Creds {
-    address: String,
-    username: String,
-    password: String,
-}
-
-impl Creds {
-    fn of(lease: &apb::Lease) -> Creds {
-        let get = |k: &str| {
-            lease
-                .env
-                .get(k)
-                .unwrap_or_else(|| panic!("lease env lacks {k}"))
-                .clone()
-        };
-        Creds {
-            address: get("CAIRN_STATE_ADDRESS"),
-            username: get("CAIRN_STATE_USERNAME"),
-            password: get("CAIRN_STATE_PASSWORD"),
-        }
-    }
-
-    /// The request path of the state endpoint.
-    fn path(&self) -> String {
-        let rest = self.address.strip_prefix("http://").unwrap();
-        rest[rest.find('/').unwrap()..].to_string()
-    }
-}
-
-struct Tf {
-    bin: PathBuf,
-    rc: PathBuf,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Tf {
-    fn new() -> Tf {
-        let tools = tools_dir();
-        Tf {
-            bin: required(tools.join("bin/terraform")),
-            rc: required(tools.join("terraformrc")),
-        }
-    }
-
-    async fn run(&self, dir: &Path, args: &[&str]) -> Out {
-        let out = tokio::process::Command::new(&self.bin)
-            .args(args)
-            .current_dir(dir)
-            .env("TF_CLI_CONFIG_FILE", &self.rc)
-            .env("CHECKPOINT_DISABLE", "1")
-            .env("TF_IN_AUTOMATION", "1")
-            .env("TF_INPUT", "0")
-            .output()
-            .await
-            .expect("terraform runs");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn ok(&self, dir: &Path, args: &[&str]) -> Out {
-        let out = self.run(dir, args).await;
-        assert_eq!(
-            out.code, 0,
-            "terraform {args:?} failed:\n{}\n{}",
-            out.stdout, out.stderr
-        );
-        out
-    }
-
-    /// What runner-tf does: the backend override file and `init -reconfigure` with the lease's
-    /// backend settings on the command line, the password in a `-backend-config` file.
-    async fn init(&self, dir: &Path, c: &Creds) {
-        std::fs::write(
-            dir.join("cairn_backend_override.tf"),
-            "terraform {\n  backend \"http\" {}\n}\n",
-        )
-        .unwrap();
-        let secret = dir.join("backend-password.hcl");
-        std::fs::write(&secret, format!("password = \"{}\"\n", c.password)).unwrap();
-        let args = [
-            "init".to_string(),
-            "-input=false".into(),
-            "-no-color".into(),
-            "-reconfigure".into(),
-            format!("-backend-config=address={}", c.address),
-            format!("-backend-config=lock_address={}", c.address),
-            format!("-backend-config=unlock_address={}", c.address),
-            format!("-backend-config=username={}", c.username),
-            format!("-backend-config={}", secret.display()),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.ok(dir, &args).await;
-        std::fs::remove_file(&secret).unwrap();
-    }
-}
-
-/// The managed file lives outside the work trees (as real infrastructure does), so that every
-/// work tree sees the same object.
-fn write_project(dir: &Path, target: &Path, content: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("main.tf"),
-        format!(
-            r#"
-terraform {{
-  required_providers {{
-    cairntest = {{ source = "cairn.local/test/cairntest" }}
-  }}
-}}
-resource "cairntest_file" "a" {{
-  path    = "{target}"
-  content = "{content}"
-}}
-output "content" {{
-  value = cairntest_file.a.content
-}}
-output "token" {{
-  value     = "tok-{content}"
-  sensitive = true
-}}
-"#,
-            target = target.display()
-        ),
-    )
-    .unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        let ty = entry.file_type().unwrap();
-        if ty.is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if ty.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-/// One HTTP/1.1 request over a fresh connection (custom methods included).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    auth: Option<(&str, &str)>,
-    body: &[u8],
-    extra_headers: &[(&str, &str)],
-) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some((user, pw)) = auth {
-        let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
-        head.push_str(&format!("Authorization: Basic {enc}\r\n"));
-    }
-    for (k, v) in extra_headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Reply { status, body }
-}
 
 struct Fixture {
     server: TestServer,
@@ -415,12 +204,20 @@ async fn terraform_keeps_its_state_in_cairn_across_work_trees() {
     assert_eq!(current_serial(f.store.as_ref()).await, Some(1));
 
     // Invalid documents: 400 and nothing stored.
-    for bad in [
-        b"{not json".as_slice(),
-        b"[1,2]",
-        b"{\"lineage\":\"x\"}",
-        b"{\"serial\":9}",
-    ] {
+    let lineage = v2.lineage.clone();
+    let bad_docs = [
+        "{not json".to_string(),
+        "[1,2]".into(),
+        r#"{"version":4,"lineage":"x"}"#.into(),
+        r#"{"version":4,"serial":9}"#.into(),
+        // Valid serial and lineage, but not a Terraform state document.
+        format!(r#"{{"serial":9,"lineage":"{lineage}"}}"#),
+        format!(r#"{{"version":9,"serial":9,"lineage":"{lineage}"}}"#),
+        format!(r#"{{"version":4,"serial":9,"lineage":"{lineage}","outputs":[1]}}"#),
+        format!(r#"{{"version":4,"serial":9,"lineage":"{lineage}","outputs":{{"a":1}}}}"#),
+        format!(r#"{{"version":4,"serial":9,"lineage":"{lineage}","resources":{{}}}}"#),
+    ];
+    for bad in bad_docs.iter().map(|d| d.as_bytes()) {
         let r = http(addr, "POST", &path, auth, bad, &[]).await;
         assert_eq!(
             r.status,
@@ -466,6 +263,34 @@ async fn terraform_keeps_its_state_in_cairn_across_work_trees() {
     let holder: Value = serde_json::from_str(&held.body).unwrap();
     assert_eq!(holder["ID"], "lock-one");
     assert_eq!(holder["Who"], "test@host");
+    // The lock records its holder: the run, the worker of its lease, Terraform's Who; the
+    // refusal names the run and worker in Terraform's `Info`.
+    let worker = f
+        .store
+        .list_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.run_id == run.id)
+        .expect("the run's lease")
+        .worker_id;
+    let stored = f
+        .store
+        .get_state_lock("net", "default")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            stored.holder_run_id.as_str(),
+            stored.holder_worker_id.as_str()
+        ),
+        (run.id.as_str(), worker.as_str())
+    );
+    assert_eq!(
+        holder["Info"],
+        format!("held by Cairn run {} on worker {worker}", run.id)
+    );
     let blocked = tf
         .run(
             &two,
@@ -474,7 +299,8 @@ async fn terraform_keeps_its_state_in_cairn_across_work_trees() {
         .await;
     assert_ne!(blocked.code, 0);
     assert!(
-        blocked.stderr.contains("lock-one"),
+        // Terraform 1.0.3's http backend prints only the holder's lock ID from the body.
+        blocked.stderr.contains("ID=lock-one"),
         "terraform names the holder:\n{}",
         blocked.stderr
     );
@@ -695,4 +521,162 @@ async fn stacks_can_keep_their_own_backend() {
     let lease = agent.lease().await;
     let names: HashMap<_, _> = lease.env.iter().collect();
     assert!(!names.keys().any(|k| k.starts_with("CAIRN_STATE_")));
+}
+
+fn encrypt(key: &[u8], plain: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::{Aead, KeyInit};
+    use aes_gcm::{Aes256Gcm, Key, Nonce};
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    let nonce = [9u8; 12];
+    let mut out = nonce.to_vec();
+    out.extend(cipher.encrypt(Nonce::from_slice(&nonce), plain).unwrap());
+    out
+}
+
+#[tokio::test]
+async fn credentials_live_as_long_as_their_lease() {
+    let f = fixture(Duration::from_secs(60)).await;
+    let s = &f.server;
+    let mut agent = TestAgent::connect(s, 1).await;
+    let run = s.trigger("net", pb::RunType::Tracked).await;
+    let plan_lease = agent.lease().await;
+    let plan = Creds::of(&plan_lease);
+    let plan_auth = Some((plan.username.as_str(), plan.password.as_str()));
+    assert_eq!(
+        http(s.addr, "GET", &plan.path(), plan_auth, b"", &[])
+            .await
+            .status,
+        204
+    );
+
+    // The plan ends (workspace stored): the run waits for confirmation, its plan credentials
+    // are over although the run is not.
+    agent.plan_through(&plan_lease, &["cairntest_file.a"]).await;
+    let stored = agent
+        .upload(
+            &plan_lease,
+            &encrypt(&plan_lease.workspace_key, b"workspace"),
+        )
+        .await
+        .unwrap();
+    agent
+        .event(
+            &plan_lease,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id,
+                sha256: stored.sha256,
+            }),
+        )
+        .await;
+    s.wait_state(&run.id, pb::RunState::Unconfirmed).await;
+    let refused = http(s.addr, "GET", &plan.path(), plan_auth, b"", &[]).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("expired"), "{}", refused.body);
+
+    // The apply lease brings its own credentials; the plan's stay refused.
+    s.runs(&s.admin)
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap();
+    let apply_lease = agent.lease().await;
+    assert_eq!(apply_lease.kind(), apb::JobKind::Apply);
+    let apply = Creds::of(&apply_lease);
+    assert_ne!(apply.password, plan.password);
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            &apply.path(),
+            Some((&apply.username, &apply.password)),
+            b"",
+            &[]
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        http(s.addr, "GET", &plan.path(), plan_auth, b"", &[])
+            .await
+            .status,
+        401
+    );
+}
+
+/// A real Terraform apply that hangs while it holds the state lock (its resource writes into a
+/// FIFO nobody reads) on a worker that goes silent: the lease expires, the run fails, the lock
+/// is released and names no one any more, and when Terraform finally tries to save, its
+/// credentials are refused, so nothing from the lost worker reaches the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_holding_the_lock_loses_it_when_its_worker_is_lost() {
+    let f = fixture(Duration::from_secs(3)).await;
+    let s = &f.server;
+    let mut agent = TestAgent::connect(s, 1).await;
+    let run = s.trigger("net", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    let c = Creds::of(&lease);
+
+    let work = tempfile::tempdir().unwrap();
+    let fifo = work.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let dir = work.path().join("project");
+    write_project(&dir, &fifo, "v1");
+
+    // The worker is alive (heartbeats) while Terraform initializes and takes the lock.
+    let apply = {
+        let (dir, c) = (dir.clone(), Creds { ..c });
+        tokio::spawn(async move {
+            let tf = Tf::new();
+            tf.init(&dir, &c).await;
+            tf.run(
+                &dir,
+                &["apply", "-auto-approve", "-input=false", "-no-color"],
+            )
+            .await
+        })
+    };
+    let mut held = None;
+    for _ in 0..3000 {
+        held = f.store.get_state_lock("net", "default").await.unwrap();
+        if held.is_some() || apply.is_finished() {
+            break;
+        }
+        agent.heartbeat(vec![lease.lease_id.clone()]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = held.expect("terraform took the state lock");
+    assert_eq!(held.holder_run_id, run.id);
+    assert_eq!(held.holder_worker_id, agent.worker_id);
+    let info: Value = serde_json::from_str(&held.info_json).unwrap();
+    assert_eq!(info["Operation"], "OperationTypeApply");
+
+    // The worker goes silent.
+    s.wait_state(&run.id, pb::RunState::Failed).await;
+    let mut lock = f.store.get_state_lock("net", "default").await.unwrap();
+    for _ in 0..500 {
+        if lock.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lock = f.store.get_state_lock("net", "default").await.unwrap();
+    }
+    assert_eq!(lock, None, "the lost worker's lock is released");
+
+    // Unblock Terraform: it creates the file, then cannot save its state.
+    let reader = tokio::task::spawn_blocking(move || std::fs::read_to_string(&fifo).unwrap());
+    let out = apply.await.unwrap();
+    assert_eq!(reader.await.unwrap(), "v1");
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("Failed to save state") || out.stderr.contains("401"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(current_serial(f.store.as_ref()).await, None);
 }

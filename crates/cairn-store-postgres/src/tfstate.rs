@@ -21,6 +21,7 @@ fn version_from(row: &PgRow) -> Result<StateVersion> {
         outputs_json: row.try_get("outputs_json").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
         created_by_run: row.try_get("created_by_run").map_err(db)?,
+        note: row.try_get("note").map_err(db)?,
     })
 }
 
@@ -30,6 +31,7 @@ fn lock_from(row: &PgRow) -> Result<StateLock> {
         deployment: row.try_get("deployment").map_err(db)?,
         id: row.try_get("lock_id").map_err(db)?,
         holder_run_id: row.try_get("holder_run_id").map_err(db)?,
+        holder_worker_id: row.try_get("holder_worker_id").map_err(db)?,
         info_json: row.try_get("info_json").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
     })
@@ -94,8 +96,8 @@ impl PostgresStore {
         }
         sqlx::query(
             "INSERT INTO state_versions (stack_id, deployment, serial, lineage, body,
-                                         outputs_json, created_at, created_by_run)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                                         outputs_json, created_at, created_by_run, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&v.stack_id)
         .bind(&v.deployment)
@@ -105,6 +107,7 @@ impl PostgresStore {
         .bind(&v.outputs_json)
         .bind(v.created_at)
         .bind(&v.created_by_run)
+        .bind(&v.note)
         .execute(&mut *tx)
         .await
         .map_err(insert_err(
@@ -210,8 +213,8 @@ impl PostgresStore {
         }
         sqlx::query(
             "INSERT INTO state_locks (stack_id, deployment, lock_id, holder_run_id, info_json,
-                                      created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+                                      created_at, holder_worker_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&lock.stack_id)
         .bind(&lock.deployment)
@@ -219,6 +222,7 @@ impl PostgresStore {
         .bind(&lock.holder_run_id)
         .bind(&lock.info_json)
         .bind(lock.created_at)
+        .bind(&lock.holder_worker_id)
         .execute(&mut *tx)
         .await
         .map_err(insert_err(
@@ -285,7 +289,8 @@ impl PostgresStore {
     ) -> Result<Vec<StateLock>> {
         sqlx::query(
             "DELETE FROM state_locks WHERE holder_run_id = $1
-             RETURNING stack_id, deployment, lock_id, holder_run_id, info_json, created_at",
+             RETURNING stack_id, deployment, lock_id, holder_run_id, info_json, created_at,
+                       holder_worker_id",
         )
         .bind(run_id)
         .fetch_all(&self.pool)

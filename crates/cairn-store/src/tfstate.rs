@@ -17,8 +17,11 @@ pub struct StateVersion {
     /// The state's `outputs` object with sensitive values redacted (JSON).
     pub outputs_json: String,
     pub created_at: Nanos,
-    /// The run whose Terraform wrote this version.
+    /// The run whose Terraform wrote this version (or that an import queued).
     pub created_by_run: String,
+    /// Why the version exists when it is not a plain Terraform write (a restore, an import):
+    /// what happened and who did it. Empty for Terraform's own writes.
+    pub note: String,
 }
 
 /// A held state lock.
@@ -30,6 +33,8 @@ pub struct StateLock {
     pub id: String,
     /// The run whose Terraform holds the lock.
     pub holder_run_id: String,
+    /// The worker that ran the holder's Terraform (its lease's worker); empty if none.
+    pub holder_worker_id: String,
     /// Terraform's LockInfo document as it was sent.
     pub info_json: String,
     pub created_at: Nanos,

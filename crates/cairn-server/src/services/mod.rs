@@ -5,6 +5,7 @@ pub mod agent;
 pub mod policy;
 pub mod run;
 pub mod stack;
+pub mod state;
 pub mod system;
 pub mod vcs;
 pub mod worker_pool;

@@ -22,6 +22,11 @@ fn version(stack_id: &str, deployment: &str, serial: i64, lineage: &str) -> Stat
         outputs_json: format!("{{\"n\":{serial}}}"),
         created_at: 1_000 + serial,
         created_by_run: format!("run-{serial}"),
+        note: if serial % 2 == 0 {
+            format!("restored by admin ({serial})")
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -31,6 +36,7 @@ fn lock(stack_id: &str, deployment: &str, id: &str, run: &str) -> StateLock {
         deployment: deployment.into(),
         id: id.into(),
         holder_run_id: run.into(),
+        holder_worker_id: format!("worker-of-{run}"),
         info_json: format!("{{\"ID\":\"{id}\",\"Operation\":\"OperationTypeApply\"}}"),
         created_at: 42,
     }
