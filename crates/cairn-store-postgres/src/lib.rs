@@ -24,6 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 mod deployments;
+mod fanout;
 mod notify;
 mod policy;
 mod tfstate;
@@ -462,6 +463,10 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn update_stacks(&self, stacks: Vec<Stack>) -> Result<Vec<Stack>> {
+        self.fanout_update_stacks(stacks).await
+    }
+
     async fn delete_stack(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         // Locking the stack row makes a concurrent create_run of this stack wait for us (its
@@ -759,6 +764,10 @@ impl Store for PostgresStore {
         .iter()
         .map(run_from)
         .collect()
+    }
+
+    async fn unfinished_runs_of(&self, stack_ids: &[String]) -> Result<Vec<Run>> {
+        self.fanout_unfinished_runs_of(stack_ids).await
     }
 
     async fn dispatch_view(&self) -> Result<DispatchView> {

@@ -30,6 +30,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 mod deployments;
+mod fanout;
 mod notify;
 mod policy;
 mod tfstate;
@@ -424,6 +425,10 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn update_stacks(&self, stacks: Vec<Stack>) -> Result<Vec<Stack>> {
+        self.fanout_update_stacks(stacks).await
+    }
+
     async fn delete_stack(&self, id: &str) -> Result<()> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         let found = sqlx::query("SELECT 1 FROM stacks WHERE id = ?1")
@@ -682,6 +687,10 @@ impl Store for SqliteStore {
         .iter()
         .map(run_from)
         .collect()
+    }
+
+    async fn unfinished_runs_of(&self, stack_ids: &[String]) -> Result<Vec<Run>> {
+        self.fanout_unfinished_runs_of(stack_ids).await
     }
 
     async fn dispatch_view(&self) -> Result<DispatchView> {

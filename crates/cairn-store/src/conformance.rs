@@ -33,6 +33,8 @@ mod notify;
 pub use notify::*;
 mod dedup;
 pub use dedup::*;
+mod fanout;
+pub use fanout::*;
 
 /// Expands to one `#[tokio::test]` per conformance case. The first argument is an expression
 /// that can be called with no arguments and returns a future of `Arc<dyn Store>`; it is called
@@ -74,6 +76,8 @@ macro_rules! conformance_tests {
             run_dedup_keys_are_unique,
             pull_request_snapshots,
             concurrent_dedup_inserts_have_one_winner,
+            update_stacks_is_all_or_nothing,
+            unfinished_runs_of_many_stacks,
         );
     };
     (@cases $factory:expr; $skip:expr; $($case:ident),* $(,)?) => {

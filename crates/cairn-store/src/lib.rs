@@ -52,6 +52,19 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Refuses a [`Store::update_stacks`] batch naming one stack twice (its second expected
+/// version could never match), before anything is written.
+pub fn check_distinct_stacks(stacks: &[Stack]) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(stacks.len());
+    match stacks.iter().find(|s| !seen.insert(s.id.as_str())) {
+        Some(dup) => Err(StoreError::Core(CoreError::invalid(
+            "stacks",
+            format!("stack {:?} appears more than once in one update", dup.id),
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// One page request: `token` is the opaque `next` of the previous page.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -94,6 +107,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the stored stack if its version is still `stack.version`; returns the stored
     /// stack with the bumped version, or `Conflict`.
     async fn update_stack(&self, stack: Stack) -> Result<Stack>;
+    /// [`Store::update_stack`] for many stacks in one transaction, all or nothing: when any
+    /// stack's stored version is no longer its `version` (or it is gone) nothing is written
+    /// and the error (`Conflict` or NotFound) names the first such stack. Returns the stored
+    /// stacks, in input order. (One push fans out to thousands of stacks.)
+    async fn update_stacks(&self, stacks: Vec<Stack>) -> Result<Vec<Stack>>;
     /// Deletes a stack, its variables and runs; refused (FailedPrecondition) while a run of the
     /// stack is not terminal. The check and the delete are one transaction.
     async fn delete_stack(&self, id: &str) -> Result<()>;
@@ -121,6 +139,9 @@ pub trait Store: Send + Sync + 'static {
     async fn update_run(&self, run: &Run, expected_version: i64) -> Result<Run>;
     /// Runs of a stack that are not terminal.
     async fn unfinished_runs(&self, stack_id: &str) -> Result<Vec<Run>>;
+    /// [`Store::unfinished_runs`] of many stacks in one read (the `in_progress` input of every
+    /// stack a push fans out to), ordered by stack, then oldest first (created_at, then id).
+    async fn unfinished_runs_of(&self, stack_ids: &[String]) -> Result<Vec<Run>>;
     /// Runs in a dispatchable state plus the head of each stack's blocking queue; order them
     /// with [`cairn_core::dispatch_order`].
     async fn dispatch_view(&self) -> Result<DispatchView>;
