@@ -837,3 +837,511 @@ async fn gitlab_push_with_its_token_creates_a_run() {
     let (status, text) = post(server.addr, "/webhooks/gitlab/gl", &headers(SECRET), &body).await;
     assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
 }
+
+async fn push_policy(server: &TestServer, id: &str, body: &str, stacks: &[&str]) {
+    let mut policies = server.policies(&server.admin);
+    policies
+        .create_policy(pb::CreatePolicyRequest {
+            policy: Some(pb::Policy {
+                id: id.into(),
+                name: id.into(),
+                r#type: pb::PolicyType::Push as i32,
+                body: body.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    for s in stacks {
+        policies
+            .attach_policy(pb::AttachPolicyRequest {
+                policy_id: id.into(),
+                stack_id: s.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// An octokit `pull_request` example with `action`, pointed at `repo` (stored as `local/infra`)
+/// and at the given head and base commits. `edited` and merged closes have no example of
+/// their own: the `labeled` and `closed` ones are reshaped as GitHub sends those.
+fn pull_request(action: &str, repo: &str, head: &str, base: &str) -> Value {
+    let source = match action {
+        "edited" => "labeled",
+        "merged" => "closed",
+        a => a,
+    };
+    let mut pr = example("pull_request", |x| x["action"] == source);
+    pr["action"] = Value::from(if action == "merged" { "closed" } else { action });
+    if action == "edited" {
+        pr.as_object_mut().unwrap().remove("label");
+        pr["changes"] = serde_json::json!({"title": {"from": "Old title"}});
+    }
+    if action == "merged" {
+        pr["pull_request"]["merged"] = Value::from(true);
+        pr["pull_request"]["state"] = Value::from("closed");
+    }
+    for side in ["head", "base"] {
+        pr["pull_request"][side]["repo"]["clone_url"] = Value::from(repo);
+        pr["pull_request"][side]["repo"]["full_name"] = Value::from("local/infra");
+    }
+    pr["repository"]["clone_url"] = Value::from(repo);
+    pr["repository"]["full_name"] = Value::from("local/infra");
+    pr["pull_request"]["head"]["sha"] = Value::from(head);
+    pr["pull_request"]["head"]["ref"] = Value::from("changes");
+    pr["pull_request"]["base"]["sha"] = Value::from(base);
+    pr["pull_request"]["base"]["ref"] = Value::from("main");
+    pr
+}
+
+/// The octokit `issue_comment` example (a comment on a plain issue) made a new comment on pull
+/// request `number` of `local/infra`, as GitHub marks comments on pull requests.
+fn pr_comment(number: u64, body: &str) -> Value {
+    let mut c = example("issue_comment", |x| x["action"] == "created");
+    c["issue"]["number"] = Value::from(number);
+    c["issue"]["pull_request"] = serde_json::json!({
+        "url": format!("https://api.github.com/repos/local/infra/pulls/{number}"),
+        "html_url": format!("https://github.com/local/infra/pull/{number}"),
+        "diff_url": format!("https://github.com/local/infra/pull/{number}.diff"),
+        "patch_url": format!("https://github.com/local/infra/pull/{number}.patch"),
+    });
+    c["comment"]["body"] = Value::from(body);
+    c["repository"]["full_name"] = Value::from("local/infra");
+    c
+}
+
+async fn ingest(server: &TestServer, event: &str, delivery: &str, payload: &Value) -> Vec<String> {
+    let resp = vcs(server)
+        .ingest_event(pb::IngestEventRequest {
+            integration_id: "gh".into(),
+            event_type: event.into(),
+            delivery_id: delivery.into(),
+            payload: serde_json::to_vec(payload).unwrap(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{delivery}: {e}"))
+        .into_inner();
+    assert!(!resp.duplicate, "{delivery}");
+    resp.run_ids
+}
+
+/// What processing a delivery noted (the stored event's result).
+async fn notes(server: &TestServer, delivery: &str) -> Vec<String> {
+    let rec = server
+        .state
+        .store
+        .get_vcs_event_by_delivery("gh", delivery)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&rec.result).unwrap();
+    v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The inputs a policy was evaluated with, oldest first.
+async fn sampled_inputs(server: &TestServer, policy: &str) -> Vec<Value> {
+    let mut samples = server
+        .state
+        .store
+        .list_policy_samples(policy, &cairn_store::Page::first(100))
+        .await
+        .unwrap()
+        .items;
+    samples.reverse();
+    samples
+        .iter()
+        .map(|s| serde_json::from_str(&s.input_json).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comments_on_pull_requests_reach_push_policies() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    stack(&server, "s", &repo, "main", "network", "gh").await;
+    stack(&server, "t", &repo, "main", "network", "gh").await;
+    // Spacelift's example, for its `/spacelift` prefix and Cairn's own.
+    push_policy(
+        &server,
+        "comments",
+        r#"package spacelift
+
+track {
+    input.pull_request.action == "commented"
+    input.pull_request.comment == concat(" ", ["/spacelift", "deploy", input.stack.id])
+}
+
+track {
+    input.pull_request.action == "commented"
+    input.pull_request.comment == concat(" ", ["/cairn", "deploy", input.stack.id])
+}
+
+propose { input.pull_request.action == "opened" }
+"#,
+        &["s", "t"],
+    )
+    .await;
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "-b", "changes"]);
+    let head = commit(&work, "network/vpc.tf", "# vpc\n", "add vpc");
+    git(&work, &["push", "--quiet", "origin", "changes"]);
+
+    let opened = ingest(
+        &server,
+        "pull_request",
+        "pr-open",
+        &pull_request("opened", &repo, &head, &base),
+    )
+    .await;
+    assert_eq!(opened.len(), 2, "a proposed run per stack");
+
+    // `/spacelift deploy s`: a tracked run of the pull request's head on s only.
+    let ran = ingest(
+        &server,
+        "issue_comment",
+        "c-1",
+        &pr_comment(2, "/spacelift deploy s"),
+    )
+    .await;
+    assert_eq!(ran.len(), 1, "{:?}", notes(&server, "c-1").await);
+    let run = server.get_run(&ran[0]).await;
+    assert_eq!(run.stack_id, "s");
+    assert_eq!(run.r#type, pb::RunType::Tracked as i32);
+    assert_eq!(run.commit.as_ref().unwrap().hash, head);
+
+    // The same command again: the tracked run of that commit exists.
+    assert!(ingest(
+        &server,
+        "issue_comment",
+        "c-2",
+        &pr_comment(2, "/spacelift deploy s")
+    )
+    .await
+    .is_empty());
+    assert!(notes(&server, "c-2")
+        .await
+        .iter()
+        .any(|n| n.starts_with("s: run ") && n.contains("already exists")));
+
+    // Cairn's prefix reaches policies too.
+    let ran = ingest(
+        &server,
+        "issue_comment",
+        "c-3",
+        &pr_comment(2, "/cairn deploy t"),
+    )
+    .await;
+    assert_eq!(ran.len(), 1);
+    assert_eq!(server.get_run(&ran[0]).await.stack_id, "t");
+
+    // Ordinary discussion is not evaluated at all.
+    let before = sampled_inputs(&server, "comments").await.len();
+    assert!(ingest(
+        &server,
+        "issue_comment",
+        "c-4",
+        &pr_comment(2, "LGTM, please deploy s")
+    )
+    .await
+    .is_empty());
+    assert!(notes(&server, "c-4")
+        .await
+        .iter()
+        .any(|n| n.contains("does not start with /spacelift or /cairn")));
+    assert_eq!(sampled_inputs(&server, "comments").await.len(), before);
+
+    // A comment on a pull request no event was received for: nothing to evaluate it against.
+    assert!(ingest(
+        &server,
+        "issue_comment",
+        "c-5",
+        &pr_comment(99, "/spacelift deploy s")
+    )
+    .await
+    .is_empty());
+    assert!(notes(&server, "c-5")
+        .await
+        .iter()
+        .any(|n| n.contains("pull request 99") && n.contains("head is unknown")));
+
+    // What the policy saw for the first comment: Spacelift's comment-driven input.
+    let inputs = sampled_inputs(&server, "comments").await;
+    let seen = inputs
+        .iter()
+        .find(|i| i["stack"]["id"] == "s" && i["pull_request"]["comment"] == "/spacelift deploy s")
+        .expect("a sample of the first comment");
+    let pr = &seen["pull_request"];
+    assert_eq!(pr["action"], "commented");
+    assert_eq!(pr["id"], 2);
+    assert_eq!(pr["head"]["branch"], "changes");
+    assert_eq!(pr["base"]["branch"], "main");
+    assert_eq!(pr["diff"], serde_json::json!(["network/vpc.tf"]));
+    assert_eq!(pr["action_initiator"], "Codertocat");
+    assert_eq!(seen["push"]["branch"], "changes");
+    // Before the comment the input of the opened event had no comment.
+    assert!(inputs[0]["pull_request"]["comment"].is_null());
+    assert_eq!(inputs[0]["pull_request"]["action"], "opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_request_actions_reach_push_policies_with_spacelift_names() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    stack(&server, "locking", &repo, "main", "network", "gh").await;
+    // No push policy: Spacelift's default policy.
+    stack(&server, "plain", &repo, "main", "network", "gh").await;
+    // The lock / unlock example of Spacelift's push policy page, plus a label-driven deploy.
+    push_policy(
+        &server,
+        "pr-flow",
+        r#"package spacelift
+
+import future.keywords
+
+lock_id := sprintf("PR_ID_%d", [input.pull_request.id])
+
+lock := lock_id {
+    input.pull_request.action in ["opened", "synchronize"]
+}
+
+unlock := lock_id {
+    input.pull_request.action in ["closed", "merged"]
+}
+
+propose { not is_null(input.pull_request) }
+
+track {
+    input.pull_request.action == "labeled"
+    input.pull_request.labels[_] == "bug"
+}
+"#,
+        &["locking"],
+    )
+    .await;
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "-b", "changes"]);
+    let head = commit(&work, "network/vpc.tf", "# vpc\n", "add vpc");
+    git(&work, &["push", "--quiet", "origin", "changes"]);
+    let stack_of = |id: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .stacks(&server.admin)
+                .get_stack(pb::GetStackRequest {
+                    stack_id: id.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .stack
+                .unwrap()
+        }
+    };
+
+    let runs_opened = ingest(
+        &server,
+        "pull_request",
+        "opened",
+        &pull_request("opened", &repo, &head, &base),
+    )
+    .await;
+    assert_eq!(runs_opened.len(), 2, "a proposed run on both stacks");
+    assert_eq!(stack_of("locking").await.locked_by, "PR_ID_2");
+
+    // labeled (the example adds `bug`): a tracked run on the policy's stack; the default
+    // policy proposes again, which the existing proposed run absorbs.
+    let labeled = ingest(
+        &server,
+        "pull_request",
+        "labeled",
+        &pull_request("labeled", &repo, &head, &base),
+    )
+    .await;
+    assert_eq!(labeled.len(), 1, "{:?}", notes(&server, "labeled").await);
+    let tracked = server.get_run(&labeled[0]).await;
+    assert_eq!(
+        (tracked.stack_id.as_str(), tracked.r#type),
+        ("locking", pb::RunType::Tracked as i32)
+    );
+    for action in ["unlabeled", "edited"] {
+        let pr = pull_request(action, &repo, &head, &base);
+        assert!(ingest(&server, "pull_request", action, &pr)
+            .await
+            .is_empty());
+    }
+    // An action Spacelift does not name is not evaluated.
+    let assigned = pull_request("assigned", &repo, &head, &base);
+    assert!(ingest(&server, "pull_request", "assigned", &assigned)
+        .await
+        .is_empty());
+    assert!(notes(&server, "assigned")
+        .await
+        .iter()
+        .any(|n| n.contains("action assigned is not passed to push policies")));
+
+    // Merged: GitHub's merge commit on main. The pull request's push is that commit, so the
+    // default policy tracks it, and the push of main that GitHub also sends adds nothing.
+    git(&work, &["checkout", "--quiet", "main"]);
+    git(
+        &work,
+        &[
+            "merge",
+            "--quiet",
+            "--no-ff",
+            "-m",
+            "Merge pull request #2",
+            "changes",
+        ],
+    );
+    let merge = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let mut merged = pull_request("merged", &repo, &head, &base);
+    merged["pull_request"]["merge_commit_sha"] = Value::from(merge.clone());
+    let ran = ingest(&server, "pull_request", "merged", &merged).await;
+    let mut kinds: Vec<(String, i32, String)> = Vec::new();
+    for id in &ran {
+        let r = server.get_run(id).await;
+        kinds.push((r.stack_id, r.r#type, r.commit.unwrap().hash));
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "locking".to_string(),
+                pb::RunType::Proposed as i32,
+                merge.clone()
+            ),
+            (
+                "plain".to_string(),
+                pb::RunType::Tracked as i32,
+                merge.clone()
+            ),
+        ]
+    );
+    assert_eq!(stack_of("locking").await.locked_by, "", "unlocked on merge");
+    assert_eq!(
+        stack_of("plain")
+            .await
+            .tracked_commit
+            .map(|c| c.hash)
+            .unwrap_or_default(),
+        merge
+    );
+    let mut push = master_push();
+    push["ref"] = Value::from("refs/heads/main");
+    push["before"] = Value::from(base.clone());
+    push["after"] = Value::from(merge.clone());
+    push["commits"][0]["id"] = Value::from(merge.clone());
+    push["commits"][0]["added"] = serde_json::json!(["network/vpc.tf"]);
+    push["head_commit"] = push["commits"][0].clone();
+    push["repository"]["clone_url"] = Value::from(repo.clone());
+    push["repository"]["full_name"] = Value::from("local/infra");
+    assert!(ingest(&server, "push", "push-merge", &push)
+        .await
+        .is_empty());
+    assert!(notes(&server, "push-merge")
+        .await
+        .iter()
+        .any(|n| n.starts_with("plain: run ") && n.contains("already exists")));
+
+    // Closed without merging: `closed`, and the push is the head again.
+    let mut closed = pull_request("closed", &repo, &head, &base);
+    closed["number"] = Value::from(3);
+    closed["pull_request"]["number"] = Value::from(3);
+    assert!(ingest(&server, "pull_request", "closed", &closed)
+        .await
+        .is_empty());
+
+    // The push of main was evaluated too, as a push (`pull_request` null).
+    let inputs: Vec<Value> = sampled_inputs(&server, "pr-flow")
+        .await
+        .into_iter()
+        .filter(|i| !i["pull_request"].is_null())
+        .collect();
+    let actions: Vec<&str> = inputs
+        .iter()
+        .map(|i| i["pull_request"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "opened",
+            "labeled",
+            "unlabeled",
+            "edited",
+            "merged",
+            "closed"
+        ]
+    );
+    assert_eq!(inputs[4]["push"]["branch"], "main");
+    assert_eq!(inputs[4]["push"]["message"], "Merge pull request #2");
+    assert_eq!(inputs[4]["pull_request"]["head"]["branch"], "changes");
+    assert_eq!(inputs[5]["push"]["branch"], "changes");
+    assert_eq!(inputs[5]["push"]["message"], "add vpc");
+    assert_eq!(inputs[5]["pull_request"]["closed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_request_diffs_come_from_a_fetched_url_and_its_pull_ref() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // `<tmp>/local/infra.git`: its file:// URL ends in the payload's full name.
+    std::fs::create_dir_all(tmp.path().join("local")).unwrap();
+    let (bare, work) = repos(&tmp.path().join("local"));
+    let url = format!("file://{}", bare.display());
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    stack(&server, "s", &url, "main", "network", "gh").await;
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    // The head exists only as GitHub keeps pull requests: refs/pull/7/head, no branch.
+    git(&work, &["checkout", "--quiet", "-b", "feature"]);
+    let head = commit(&work, "network/subnet.tf", "# subnet\n", "add subnet");
+    git(
+        &work,
+        &["push", "--quiet", "origin", "HEAD:refs/pull/7/head"],
+    );
+
+    // The payload's clone URL is GitHub's, which the server must not need.
+    let hosted = "https://github.invalid/local/infra.git";
+    let mut pr = pull_request("opened", hosted, &head, &base);
+    pr["number"] = Value::from(7);
+    pr["pull_request"]["number"] = Value::from(7);
+    pr["pull_request"]["head"]["ref"] = Value::from("feature");
+    let ran = ingest(&server, "pull_request", "pr-7", &pr).await;
+    // The default policy proposes only because the diff names a file under the root.
+    assert_eq!(ran.len(), 1, "{:?}", notes(&server, "pr-7").await);
+    let run = server.get_run(&ran[0]).await;
+    assert_eq!(run.r#type, pb::RunType::Proposed as i32);
+    assert_eq!(run.commit.as_ref().unwrap().hash, head);
+    assert_eq!(run.commit.as_ref().unwrap().message, "add subnet");
+
+    // A head that is nowhere: logged, noted, and the policy sees no diff (no run).
+    let mut lost = pull_request(
+        "opened",
+        hosted,
+        "1111111111111111111111111111111111111111",
+        &base,
+    );
+    lost["number"] = Value::from(8);
+    lost["pull_request"]["number"] = Value::from(8);
+    assert!(ingest(&server, "pull_request", "pr-8", &lost)
+        .await
+        .is_empty());
+    let n = notes(&server, "pr-8").await;
+    assert!(
+        n.iter()
+            .any(|n| n.starts_with("pull request diff unknown") && n.contains("refs/pull/8/head")),
+        "{n:?}"
+    );
+}

@@ -269,6 +269,10 @@ pub struct PullRequestEvent {
     pub updated_at_ns: i64,
     /// The head commit's metadata, when the payload has it (GitLab `last_commit`).
     pub head_commit: Option<CommitInfo>,
+    /// The merge commit on the base branch once merged (GitHub and GitLab `merge_commit_sha`;
+    /// GitHub also fills it with a test merge commit while open, so read it only when merged).
+    #[serde(default)]
+    pub merge_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

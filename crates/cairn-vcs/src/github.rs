@@ -261,6 +261,8 @@ struct Pr {
     mergeable_state: Option<String>,
     #[serde(default, deserialize_with = "nn")]
     updated_at: String,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
     head: Side,
     base: Side,
 }
@@ -334,6 +336,7 @@ fn pull_request(p: PullRequestPayload) -> Result<VcsEvent> {
         before: p.before,
         updated_at_ns: timestamp_ns(&pr.updated_at),
         head_commit: None,
+        merge_commit: pr.merge_commit_sha.filter(|s| !s.is_empty()),
     })))
 }
 

@@ -222,6 +222,8 @@ struct Mr {
     oldrev: Option<String>,
     #[serde(default, deserialize_with = "nn")]
     updated_at: String,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +362,7 @@ fn merge_request_event(
         before: mr.oldrev.filter(|r| !r.is_empty()),
         updated_at_ns: timestamp_ns(&mr.updated_at),
         head_commit: mr.last_commit.map(CommitInfo::from),
+        merge_commit: mr.merge_commit_sha.filter(|s| !s.is_empty()),
     }
 }
 

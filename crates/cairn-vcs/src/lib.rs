@@ -44,6 +44,16 @@ pub const GITLAB_EVENT_HEADER: &str = "X-Gitlab-Event";
 pub const GITLAB_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 pub const GITLAB_EVENT_UUID_HEADER: &str = "X-Gitlab-Event-UUID";
 
+/// The prefixes of pull-request comments that reach push policies. Spacelift evaluates only
+/// comments beginning with `/spacelift` (so that ordinary discussion never acts on
+/// infrastructure); `/cairn` is accepted too. Policies see the whole body and decide.
+pub const COMMENT_PREFIXES: &[&str] = &["/spacelift", "/cairn"];
+
+/// Whether a comment body begins with one of [`COMMENT_PREFIXES`].
+pub fn is_command_comment(body: &str) -> bool {
+    COMMENT_PREFIXES.iter().any(|p| body.starts_with(p))
+}
+
 /// The event types understood for `provider` (header values).
 pub fn supported_events(provider: Provider) -> &'static [&'static str] {
     match provider {
@@ -176,4 +186,18 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_command_comment;
+
+    #[test]
+    fn only_prefixed_comments_are_commands() {
+        assert!(is_command_comment("/spacelift deploy my-stack-id"));
+        assert!(is_command_comment("/cairn unlock infra"));
+        assert!(!is_command_comment("please /spacelift deploy"));
+        assert!(!is_command_comment("LGTM"));
+        assert!(!is_command_comment(""));
+    }
 }

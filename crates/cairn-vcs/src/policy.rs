@@ -22,6 +22,8 @@ pub struct PrFacts {
     pub undiverged: Option<bool>,
     pub head_commit: Option<CommitMeta>,
     pub base_commit: Option<CommitMeta>,
+    /// The merge commit of a merged pull request, when git has it.
+    pub merge_commit: Option<CommitMeta>,
 }
 
 /// The event-dependent part of a push-policy input.
@@ -117,6 +119,22 @@ impl PushPolicyDocs {
         if let Some(meta) = &facts.base_commit {
             fill_from_meta(&mut base, meta);
         }
+        // Spacelift's `push` of a merge event is the merge commit, on the base branch, when the
+        // provider names it: the push of the merge to the base branch and this event then
+        // resolve to the same commit and deduplicate into one tracked run.
+        let merged = ev.merged && matches!(ev.action, PrAction::Closed);
+        let merge_commit = ev.merge_commit.clone().filter(|_| merged);
+        let mut push = head.clone();
+        if merge_commit.is_some() {
+            push = PushCommit {
+                affected_files: facts.diff.clone(),
+                branch: ev.base.branch.clone(),
+                ..PushCommit::default()
+            };
+            if let Some(meta) = &facts.merge_commit {
+                fill_from_meta(&mut push, meta);
+            }
+        }
         let pr = PullRequest {
             action: policy_action(ev),
             action_initiator: ev.sender.display().to_string(),
@@ -140,9 +158,9 @@ impl PushPolicyDocs {
             undiverged: facts.undiverged.or(ev.undiverged).unwrap_or(false),
         };
         Self {
-            push: head,
+            push,
             pull_request: Some(pr),
-            hash: ev.head.sha.clone(),
+            hash: merge_commit.unwrap_or_else(|| ev.head.sha.clone()),
         }
     }
 
@@ -171,7 +189,10 @@ impl PushPolicyDocs {
     /// Completes author, message and date from git when the payload lacked them (tag pushes,
     /// GitHub pull requests).
     pub fn with_head_meta(mut self, meta: &CommitMeta) -> Self {
-        fill_from_meta(&mut self.push, meta);
+        // A merge event's `push` is the merge commit, not the head.
+        if self.hash.is_empty() || self.hash.eq_ignore_ascii_case(&meta.sha) {
+            fill_from_meta(&mut self.push, meta);
+        }
         if let Some(pr) = self.pull_request.as_mut() {
             fill_from_meta(&mut pr.head, meta);
         }

@@ -316,7 +316,25 @@ fn merged_close_and_forks() {
     let pr = docs.pull_request.expect("pull_request doc");
     assert_eq!(pr.action, "merged");
     assert_eq!(pr.head_owner, "prankster");
-    assert_eq!(docs.hash, p.head.sha);
+    // Spacelift's `push` of a merge event is the merge commit, on the base branch.
+    let merge_sha = example["pull_request"]["merge_commit_sha"]
+        .as_str()
+        .unwrap();
+    assert_eq!(p.merge_commit.as_deref(), Some(merge_sha));
+    assert_eq!(docs.hash, merge_sha);
+    assert_eq!(docs.push.branch, p.base.branch);
+    assert_eq!(pr.head.branch, p.head.branch);
+    // Closed without merging: the head, even though GitHub names a (test) merge commit.
+    example["pull_request"]["merged"] = Value::from(false);
+    let body = serde_json::to_vec(&example).unwrap();
+    let VcsEvent::PullRequest(unmerged) = parse(Provider::GitHub, "pull_request", &body).unwrap()
+    else {
+        panic!("not a pull request")
+    };
+    let docs = cairn_vcs::PushPolicyDocs::for_pull_request(&unmerged, &Default::default());
+    assert_eq!(docs.pull_request.unwrap().action, "closed");
+    assert_eq!(docs.hash, unmerged.head.sha);
+    assert_eq!(docs.push.branch, unmerged.head.branch);
 
     // A deleted fork leaves `head.repo` null.
     example["pull_request"]["head"]["repo"] = Value::Null;

@@ -110,3 +110,54 @@ pub fn fetch(cache_root: &Path, repository: &str) -> Result<PathBuf> {
     )?;
     Ok(dir)
 }
+
+/// Locations the server may fetch on its own for a stack: local paths and `file://` URLs, any
+/// `scheme://` URL (https, ssh, git) and scp-like `user@host:path`. A bare `owner/name` is a
+/// hosted repository's name, not a location.
+pub fn is_fetchable(repository: &str) -> bool {
+    let r = repository.trim();
+    if r.is_empty() || r.starts_with('-') {
+        return false;
+    }
+    is_local(r)
+        || r.contains("://")
+        || r.split_once(':').is_some_and(|(host, path)| {
+            host.contains('@') && !host.contains('/') && !path.is_empty()
+        })
+}
+
+/// Whether the bare cache `dir` has commit `sha`.
+pub fn has_commit(dir: &Path, sha: &str) -> bool {
+    !sha.is_empty()
+        && sha.chars().all(|c| c.is_ascii_hexdigit())
+        && git(Some(dir), &["cat-file", "-e", &format!("{sha}^{{commit}}")]).is_ok()
+}
+
+/// Fetches one ref of `repository` into the same name in the cache `dir` (a pull request's
+/// `refs/pull/<n>/head`, which the mirror of branches and tags leaves out).
+pub fn fetch_ref(dir: &Path, repository: &str, full_ref: &str) -> Result<()> {
+    let repo = absolute(check_repo(repository)?);
+    let ok = full_ref.starts_with("refs/")
+        && !full_ref.contains("..")
+        && full_ref
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c));
+    if !ok {
+        return Err(ServerError::invalid(
+            "ref",
+            format!("{full_ref:?} is not a ref name"),
+        ));
+    }
+    git(
+        Some(dir),
+        &[
+            "fetch",
+            "--quiet",
+            "--force",
+            "--no-tags",
+            &repo,
+            &format!("+{full_ref}:{full_ref}"),
+        ],
+    )
+    .map(|_| ())
+}

@@ -1,12 +1,13 @@
 //! From a delivery to stored event (before the 2xx), and from stored event to runs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_core::{Commit, Stack};
 use cairn_store::{StoreError, VcsEventRecord, VcsIntegration};
 use cairn_vcs::{
-    git, is_zero_sha, PrAction, PrFacts, Provider, PullRequestEvent, PushEvent, PushPolicyDocs,
-    Repository, VcsError, VcsEvent,
+    git, is_zero_sha, CommentEvent, PrAction, PrFacts, Provider, PullRequestEvent, PushEvent,
+    PushPolicyDocs, Repository, VcsError, VcsEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -243,38 +244,125 @@ async fn handle(state: &AppState, rec: &VcsEventRecord) -> Result<Outcome> {
             push_to_stacks(state, &groups, &p, files, &mut out).await?;
         }
         VcsEvent::PullRequest(pr) => {
-            if !matches!(
-                pr.action,
-                PrAction::Opened | PrAction::Reopened | PrAction::Synchronize
-            ) {
+            remember_pull_request(state, &rec.integration_id, &pr).await;
+            // Spacelift hands push policies the actions its input schema names (opened,
+            // reopened, synchronize, labeled, unlabeled, edited, closed, merged); the others
+            // (assigned, review_requested, ...) change nothing a policy could see.
+            if let PrAction::Other(action) = &pr.action {
                 out.notes.push(format!(
-                    "pull request {}: no run for action {}",
-                    pr.number,
-                    pr.action.as_str()
+                    "pull request {}: action {action} is not passed to push policies",
+                    pr.number
                 ));
                 return Ok(out);
             }
-            let groups = matching_stacks(state, &rec.integration_id, &pr.repository).await?;
-            for (repository, stacks) in &groups {
-                let facts = pr_facts(state, repository, &pr).await.unwrap_or_else(|e| {
-                    out.notes.push(format!("pull request diff unknown: {e}"));
-                    PrFacts::default()
-                });
-                let mut docs = PushPolicyDocs::for_pull_request(&pr, &facts);
-                if let Some(meta) = &facts.head_commit {
-                    docs = docs.with_head_meta(meta);
-                }
-                let ev = stack_push(repository, docs, pr.fork);
-                collect(state, stacks, &ev, &mut out).await?;
-            }
+            pull_request_to_stacks(state, &rec.integration_id, &pr, None, &mut out).await?;
         }
-        VcsEvent::PullRequestComment(c) => out.notes.push(format!(
-            "comment on pull request {}: comments start no runs",
-            c.pr_number
-        )),
+        VcsEvent::PullRequestComment(c) => {
+            if !cairn_vcs::is_command_comment(&c.body) {
+                out.notes.push(format!(
+                    "comment on pull request {} does not start with {}: ignored",
+                    c.pr_number,
+                    cairn_vcs::COMMENT_PREFIXES.join(" or ")
+                ));
+                return Ok(out);
+            }
+            let pr = match c.pull_request.clone() {
+                Some(pr) => Some(*pr),
+                None => known_pull_request(state, &rec.integration_id, &c).await?,
+            };
+            let Some(pr) = pr else {
+                out.notes.push(format!(
+                    "comment on pull request {}: no event of that pull request was received, \
+                     so its head is unknown: ignored",
+                    c.pr_number
+                ));
+                return Ok(out);
+            };
+            pull_request_to_stacks(state, &rec.integration_id, &pr, Some(&c), &mut out).await?;
+        }
         VcsEvent::Ping(_) | VcsEvent::Ignored(_) => out.notes.push("nothing to do".into()),
     }
     Ok(out)
+}
+
+/// A pull-request event (or a comment on one) through the push policies of its stacks.
+async fn pull_request_to_stacks(
+    state: &AppState,
+    integration_id: &str,
+    pr: &PullRequestEvent,
+    comment: Option<&CommentEvent>,
+    out: &mut Outcome,
+) -> Result<()> {
+    let groups = matching_stacks(state, integration_id, &pr.repository).await?;
+    if groups.is_empty() {
+        out.notes
+            .push(format!("no stack uses {}", pr.repository.full_name));
+    }
+    for (repository, stacks) in &groups {
+        let facts = match pr_facts(state, repository, pr).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(vcs.repository = %repository, pull_request = pr.number, error = %e, "pull request diff unknown; push policies see no diff");
+                out.notes.push(format!("pull request diff unknown: {e}"));
+                PrFacts::default()
+            }
+        };
+        let mut docs = match comment {
+            Some(c) => PushPolicyDocs::for_comment(c, pr, &facts),
+            None => PushPolicyDocs::for_pull_request(pr, &facts),
+        };
+        if let Some(meta) = &facts.head_commit {
+            docs = docs.with_head_meta(meta);
+        }
+        let ev = stack_push(repository, docs, pr.fork);
+        collect(state, stacks, &ev, out).await?;
+    }
+    Ok(())
+}
+
+/// Keeps the newest event of each pull request: GitHub comments name only its number.
+async fn remember_pull_request(state: &AppState, integration_id: &str, pr: &PullRequestEvent) {
+    let record = match serde_json::to_string(pr) {
+        Ok(json) => cairn_store::PullRequestRecord {
+            integration_id: integration_id.to_string(),
+            repository: pr.repository.full_name.clone(),
+            number: i64::try_from(pr.number).unwrap_or(i64::MAX),
+            event_json: json,
+            updated_at: cairn_core::now_nanos(),
+        },
+        Err(e) => {
+            tracing::warn!(pull_request = pr.number, error = %e, "pull request not remembered");
+            return;
+        }
+    };
+    if let Err(e) = state.store.put_pull_request(record).await {
+        // Only later comments on it lose their context; the event itself goes on.
+        tracing::warn!(pull_request = pr.number, error = %e, "pull request not remembered");
+    }
+}
+
+/// The pull request a GitHub comment is on, from its newest stored event, completed with what
+/// the comment's own payload says now (title, labels, open or closed).
+async fn known_pull_request(
+    state: &AppState,
+    integration_id: &str,
+    c: &CommentEvent,
+) -> Result<Option<PullRequestEvent>> {
+    let number = i64::try_from(c.pr_number).unwrap_or(i64::MAX);
+    let Some(rec) = state
+        .store
+        .get_pull_request(integration_id, &c.repository.full_name, number)
+        .await?
+    else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<PullRequestEvent>(&rec.event_json) {
+        Ok(pr) => Ok(Some(pr)),
+        Err(e) => {
+            tracing::warn!(pull_request = c.pr_number, error = %e, "stored pull request unreadable");
+            Ok(None)
+        }
+    }
 }
 
 /// The adapter to the push handling of `policies::push`: the event under the repository
@@ -381,14 +469,6 @@ pub(crate) async fn matching_stacks(
     Ok(groups)
 }
 
-fn fetchable<'a>(groups: &'a [(String, Vec<Stack>)], repo: &'a Repository) -> Option<&'a str> {
-    groups
-        .iter()
-        .map(|(r, _)| r.as_str())
-        .chain([repo.clone_url.as_str()])
-        .find(|r| super::cache::is_local(r))
-}
-
 /// From the payload when complete, else `git diff` in the server's cache of a repository it
 /// can fetch by itself.
 async fn push_files(
@@ -399,49 +479,106 @@ async fn push_files(
     if let Some(files) = p.payload_files() {
         return Ok(files);
     }
-    let Some(repo) = fetchable(groups, &p.repository).map(str::to_string) else {
+    let mut sources = Vec::new();
+    for (r, _) in groups {
+        for s in fetch_sources(r, &p.repository.clone_url) {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
+    }
+    if sources.is_empty() {
         return Err(ServerError::Unavailable(format!(
             "the payload of {} does not list every file and {} cannot be fetched",
             p.after, p.repository.full_name
         )));
-    };
+    }
     let root = state.config.data_dir.join("git-cache");
     let p = p.clone();
     blocking(move || {
-        let dir = super::cache::fetch(&root, &repo)?;
+        let (dir, _) = fetch_any(&root, &sources, &p.repository.full_name)?;
         cairn_vcs::push_affected_files(&p, Some(&dir))
             .map_err(|e| ServerError::Unavailable(e.to_string()))
     })
     .await
 }
 
-/// Diff, divergence and head metadata of a pull request, from the cache of `repository` (and
-/// of the head's repository for forks).
+/// Where the server can fetch an event's repository from, best first: local locations (the
+/// stack's, then the payload's clone URL — internal platforms and tests hand local
+/// repositories over that way), then the stack's remote location (https, ssh, scp-like). A
+/// hosted clone URL from a payload is never fetched: the stack's owner chose where to fetch.
+fn fetch_sources(stack_repository: &str, payload_clone_url: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in [stack_repository, payload_clone_url] {
+        if super::cache::is_local(r) {
+            out.push(r.to_string());
+        }
+    }
+    if super::cache::is_fetchable(stack_repository) && !out.iter().any(|r| r == stack_repository) {
+        out.push(stack_repository.to_string());
+    }
+    out
+}
+
+/// The bare cache of the first of `sources` that fetches; the last error when none does.
+fn fetch_any(root: &Path, sources: &[String], what: &str) -> Result<(PathBuf, String)> {
+    let mut last = None;
+    for src in sources {
+        match super::cache::fetch(root, src) {
+            Ok(dir) => return Ok((dir, src.clone())),
+            Err(e) => {
+                tracing::warn!(vcs.source = %src, error = %e, "fetching {what}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ServerError::Unavailable(format!(
+            "{what} names no location git can fetch (use a URL or path as the stack's repository)"
+        ))
+    }))
+}
+
+/// Diff, divergence and head metadata of a pull request, from the server's bare cache of the
+/// repository (see [`fetch_sources`]). A head commit the mirrored branches do not have (a
+/// fork's, or a branch deleted since) is fetched from the provider's pull-request ref
+/// (`refs/pull/<n>/head` on GitHub, `refs/merge-requests/<n>/head` on GitLab).
 async fn pr_facts(state: &AppState, repository: &str, pr: &PullRequestEvent) -> Result<PrFacts> {
-    let local = [repository, pr.repository.clone_url.as_str()]
-        .into_iter()
-        .find(|r| super::cache::is_local(r))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            ServerError::Unavailable(format!("{} cannot be fetched", pr.repository.full_name))
-        })?;
+    let sources = fetch_sources(repository, &pr.repository.clone_url);
     let root = state.config.data_dir.join("git-cache");
     let pr = pr.clone();
     blocking(move || {
-        // A fork's head must already be reachable in the base repository (GitHub keeps
-        // `refs/pull/*`; plain repositories need the branch pushed there).
-        let dir = super::cache::fetch(&root, &local)?;
+        let (dir, source) = fetch_any(&root, &sources, &pr.repository.full_name)?;
+        if !super::cache::has_commit(&dir, &pr.head.sha) {
+            let pull_ref = match pr.provider {
+                Provider::GitHub => format!("refs/pull/{}/head", pr.number),
+                Provider::GitLab => format!("refs/merge-requests/{}/head", pr.number),
+            };
+            super::cache::fetch_ref(&dir, &source, &pull_ref).map_err(|e| {
+                ServerError::Unavailable(format!(
+                    "head commit {} of pull request {} is on no branch of {source} and its \
+                     {pull_ref} cannot be fetched: {e}",
+                    pr.head.sha, pr.number
+                ))
+            })?;
+        }
         let base = if pr.base.sha.is_empty() {
             format!("refs/heads/{}", pr.base.branch)
         } else {
             pr.base.sha.clone()
         };
         let g = |e: VcsError| ServerError::Unavailable(e.to_string());
+        let merge_commit = pr
+            .merge_commit
+            .as_deref()
+            .filter(|_| pr.merged)
+            .and_then(|sha| git::commit_meta(&dir, sha).ok());
         Ok(PrFacts {
             diff: git::merge_base_diff(&dir, &base, &pr.head.sha).map_err(g)?,
             undiverged: git::is_ancestor(&dir, &base, &pr.head.sha).ok(),
             head_commit: git::commit_meta(&dir, &pr.head.sha).ok(),
             base_commit: git::commit_meta(&dir, &base).ok(),
+            merge_commit,
             ..PrFacts::default()
         })
     })
