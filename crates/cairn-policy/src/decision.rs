@@ -464,20 +464,40 @@ fn normalize_path(path: &str) -> &str {
 /// path segment, `**` crosses segments, like Rego's `glob.match(pattern, ["/"], path)`).
 pub fn is_affected(project_root: &str, globs: &[String], files: &[String]) -> bool {
     let root = normalize_path(project_root);
-    let matchers: Vec<globset::GlobMatcher> = globs
-        .iter()
-        .filter_map(|g| {
-            globset::GlobBuilder::new(g)
-                .literal_separator(true)
-                .build()
-                .ok()
-                .map(|g| g.compile_matcher())
+    let files: Vec<&str> = files.iter().map(|f| normalize_path(f)).collect();
+    if files.iter().any(|f| f.starts_with(root)) {
+        return true;
+    }
+    if globs.is_empty() {
+        return false;
+    }
+    GLOB_MATCHERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() > GLOB_CACHE_MAX {
+            cache.clear();
+        }
+        globs.iter().any(|g| {
+            let matcher = cache.entry(g.clone()).or_insert_with(|| {
+                globset::GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .ok()
+                    .map(|g| g.compile_matcher())
+            });
+            matcher
+                .as_ref()
+                .is_some_and(|m| files.iter().any(|f| m.is_match(f)))
         })
-        .collect();
-    files.iter().any(|f| {
-        let f = normalize_path(f);
-        f.starts_with(root) || matchers.iter().any(|m| m.is_match(f))
     })
+}
+
+/// Compiled project globs, per thread. A push into a monorepo decides thousands of stacks that
+/// share the same few globs, and compiling one (a regex automaton) costs far more than
+/// matching it. Invalid globs are remembered as `None` (they match nothing).
+const GLOB_CACHE_MAX: usize = 1_024;
+thread_local! {
+    static GLOB_MATCHERS: std::cell::RefCell<std::collections::HashMap<String, Option<globset::GlobMatcher>>> =
+        std::cell::RefCell::default();
 }
 
 /// The decision Spacelift takes when no push policy is attached: a push to the tracked branch
@@ -771,5 +791,23 @@ mod tests {
         assert!(is_affected("infra", &globs, &files(&["modules/a.tf"])));
         assert!(!is_affected("infra", &globs, &files(&["modules/x/a.tf"])));
         assert!(is_affected("infra", &globs, &files(&["shared/x/y/z.json"])));
+        // Matchers are cached per glob: the same glob answers the same on later calls, an
+        // invalid one never matches (and is not retried into an error), and overflowing the
+        // cache changes no answer.
+        let bad = vec!["modules/[".to_string(), "shared/**".to_string()];
+        for round in 0..3 {
+            assert!(
+                !is_affected("infra", &bad, &files(&["modules/["])),
+                "{round}"
+            );
+            assert!(is_affected("infra", &bad, &files(&["shared/a"])), "{round}");
+            assert!(!is_affected("infra", &globs, &files(&["modules/x/a.tf"])));
+        }
+        for i in 0..GLOB_CACHE_MAX + 2 {
+            let g = vec![format!("m{i}/*.tf")];
+            assert!(is_affected("infra", &g, &files(&[&format!("m{i}/a.tf")])));
+            assert!(!is_affected("infra", &g, &files(&["m/a.tf"])));
+        }
+        assert!(is_affected("infra", &globs, &files(&["modules/a.tf"])));
     }
 }

@@ -989,3 +989,160 @@ async fn push_policy_tracks_proposes_ignores_cancels_and_locks() {
     let samples = wait_samples(&s, "push", 8).await;
     assert!(samples.iter().all(|x| x.error.is_empty()));
 }
+
+/// One push into a repository of many stacks is handled as a batch (one read of open runs, one
+/// write of head commits, one insert of runs); every stack still ends as if handled alone:
+/// default behaviour, attached push policies (their samples bounded by `policy_samples_kept`),
+/// an outcome that cancels runs, approval policies on the new runs, redelivery.
+#[tokio::test]
+async fn push_fan_out_handles_every_stack_as_if_alone() {
+    let s = TestServer::start_configured(Duration::from_secs(30), None, |c| {
+        c.policy_samples_kept = 3;
+    })
+    .await;
+    for i in 0..5 {
+        s.stack(&format!("plain-{i}"), false, SHA_A).await;
+    }
+    for i in 0..4 {
+        labeled_stack(&s, &format!("pushy-{i}"), &["pushy"]).await;
+    }
+    labeled_stack(&s, "gated", &["gated"]).await;
+    let mut docs = stack_input("docs", false);
+    docs.project_root = "docs".into();
+    s.stacks(&s.admin)
+        .create_stack(pb::CreateStackRequest {
+            stack: Some(docs),
+            env: vec![],
+        })
+        .await
+        .unwrap();
+    create_policy(
+        &s,
+        "push",
+        pb::PolicyType::Push,
+        PUSH,
+        &["autoattach:pushy"],
+    )
+    .await;
+    create_policy(
+        &s,
+        "gate",
+        pb::PolicyType::Approval,
+        APPROVAL,
+        &["autoattach:gated"],
+    )
+    .await;
+    let st = &s.state;
+    const C1: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb1";
+    const C2: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2";
+
+    let r = handle_push(st, &event("main", C1, "feature"))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = r.iter().map(|x| x.stack_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "docs", "gated", "plain-0", "plain-1", "plain-2", "plain-3", "plain-4", "pushy-0",
+            "pushy-1", "pushy-2", "pushy-3"
+        ],
+        "stack id order"
+    );
+    for x in &r {
+        let stack = st.store.get_stack(&x.stack_id).await.unwrap();
+        if x.stack_id == "docs" {
+            // Not under its project root: ignored, head unchanged, no run.
+            assert!(x.run.is_none());
+            assert!(x.notes[0].starts_with("ignored"), "{:?}", x.notes);
+            assert!(stack.tracked_commit.is_none());
+            continue;
+        }
+        let run = x
+            .run
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no run", x.stack_id));
+        assert_eq!(run.run_type, cairn_core::RunType::Tracked);
+        assert_eq!(run.stack_id, x.stack_id);
+        assert_eq!(run.triggered_by, "git:push");
+        assert_eq!(stack.tracked_commit.unwrap().hash, C1, "{}", x.stack_id);
+        let stored = st.store.get_run(&run.id).await.unwrap();
+        assert_eq!(&stored, run, "the returned run is the stored one");
+        let flags: &[&str] = if x.stack_id.starts_with("pushy") {
+            &["from-push"]
+        } else {
+            &[]
+        };
+        assert_eq!(run.flags, flags, "{}", x.stack_id);
+        assert_eq!(
+            x.notes,
+            [
+                format!("head commit set to {C1}"),
+                format!("created TRACKED run {}", run.id)
+            ]
+        );
+    }
+    // The approval policy looked at the gated stack's new run, and it alone.
+    let stored_samples = |policy: &'static str| async move {
+        st.store
+            .list_policy_samples(policy, &cairn_store::Page::first(100))
+            .await
+            .unwrap()
+            .items
+    };
+    let gate = stored_samples("gate").await;
+    let gated_run = r[1].run.as_ref().unwrap();
+    assert_eq!(gate.len(), 1);
+    assert_eq!(gate[0].run_id, gated_run.id);
+    // Four evaluations of the push policy, the newest three kept, each naming its stack's run.
+    let push_samples = stored_samples("push").await;
+    assert_eq!(push_samples.len(), 3);
+    let mut sampled: Vec<String> = push_samples.iter().map(|x| x.run_id.clone()).collect();
+    sampled.sort();
+    let mut expected: Vec<String> = r[8..]
+        .iter()
+        .map(|x| x.run.as_ref().unwrap().id.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(sampled, expected, "the newest three: pushy-1..3");
+
+    // Redelivery: nothing new anywhere, every stack says why.
+    let again = handle_push(st, &event("main", C1, "feature"))
+        .await
+        .unwrap();
+    for (x, first) in again.iter().zip(&r).filter(|(x, _)| x.stack_id != "docs") {
+        assert!(x.run.is_none(), "{}", x.stack_id);
+        let id = &first.run.as_ref().unwrap().id;
+        assert!(
+            x.notes
+                .iter()
+                .any(|n| n.contains(&format!("run {id} already exists"))),
+            "{}: {:?}",
+            x.stack_id,
+            x.notes
+        );
+    }
+    for i in 0..5 {
+        assert_eq!(runs_of(&s, &format!("plain-{i}")).await.len(), 1);
+    }
+
+    // A push whose policy cancels in-progress runs: those stacks take the one-by-one path
+    // (cancel, then create), the plain stacks the batch; both in one call.
+    let r2 = handle_push(st, &event("main", C2, "hotfix [cancel]"))
+        .await
+        .unwrap();
+    for x in r2.iter().filter(|x| x.stack_id.starts_with("pushy")) {
+        let first = r.iter().find(|f| f.stack_id == x.stack_id).unwrap();
+        let old = first.run.as_ref().unwrap().id.clone();
+        assert_eq!(x.canceled, vec![old.clone()], "{}", x.stack_id);
+        assert_eq!(s.get_run(&old).await.state(), pb::RunState::Canceled);
+        assert!(x.run.is_some());
+    }
+    for x in r2.iter().filter(|x| x.stack_id.starts_with("plain")) {
+        assert!(x.canceled.is_empty());
+        let runs = runs_of(&s, &x.stack_id).await;
+        assert_eq!(runs.len(), 2, "{}", x.stack_id);
+        assert_eq!(runs[0].id, x.run.as_ref().unwrap().id);
+        // The first run stays queued: the default behaviour cancels nothing.
+        assert_eq!(runs[1].state(), pb::RunState::Queued);
+    }
+}

@@ -17,6 +17,7 @@
 pub mod approval;
 pub mod plan;
 pub mod push;
+mod push_fanout;
 pub mod trigger;
 
 use std::sync::{Arc, Mutex};
@@ -167,15 +168,26 @@ pub async fn evaluate(
     input: regorus::Value,
     input_json: Json,
 ) -> Evaluated {
+    tokio::task::spawn_blocking(move || evaluate_blocking(&compiled, input, input_json))
+        .await
+        .unwrap_or_else(|e| Evaluated {
+            decision: Err(PolicyError::Evaluation(format!("evaluator panicked: {e}"))),
+            input_json: Json::Null,
+            micros: 0,
+        })
+}
+
+/// [`evaluate`] on the calling thread, for callers already off the async runtime (the push
+/// fan-out evaluates thousands of stacks on a few blocking threads).
+pub fn evaluate_blocking(
+    compiled: &CompiledPolicy,
+    input: regorus::Value,
+    input_json: Json,
+) -> Evaluated {
     let started = Instant::now();
-    let kind = compiled.kind();
-    let decision = tokio::task::spawn_blocking(move || {
-        compiled
-            .evaluate_value(input)
-            .and_then(|e| e.decision(kind))
-    })
-    .await
-    .unwrap_or_else(|e| Err(PolicyError::Evaluation(format!("evaluator panicked: {e}"))));
+    let decision = compiled
+        .evaluate_value(input)
+        .and_then(|e| e.decision(compiled.kind()));
     Evaluated {
         decision,
         input_json,

@@ -11,14 +11,11 @@
 
 use cairn_core::{decide_lock, decide_unlock, LockOutcome, Run, RunEvent, RunPatch, RunState};
 use cairn_core::{RunType, Stack, UnlockOutcome};
-use cairn_policy::input::{InProgressRun, PullRequest, PushCommit, PushInput};
-use cairn_policy::{
-    default_push_decision, resolve_push, Decision, PolicyKind, PushAction, PushContext,
-    PushDecision, PushOutcome,
-};
-use cairn_store::Page;
+use cairn_policy::input::{InProgressRun, PullRequest, PushCommit};
+use cairn_policy::{PushAction, PushOutcome};
+use cairn_store::Dedup;
 
-use super::{create_run, evaluate, prepare_input, record_sample, select, stack_info, NewRun};
+use super::{create_vcs_run, NewRun};
 use crate::error::Result;
 use crate::state::AppState;
 
@@ -51,33 +48,29 @@ pub struct PushResult {
 
 /// Applies `event` to every stack of its repository, in stack id order.
 pub async fn handle_push(state: &AppState, event: &PushEvent) -> Result<Vec<PushResult>> {
-    let all = state.store.all_policies().await?;
-    let mut out = Vec::new();
-    for stack in state.store.all_stacks().await? {
-        if stack.repository != event.repository {
-            continue;
-        }
-        out.push(handle_stack(state, &all, &stack, event).await?);
-    }
-    Ok(out)
+    let stacks: Vec<Stack> = state
+        .store
+        .all_stacks()
+        .await?
+        .into_iter()
+        .filter(|s| s.repository == event.repository)
+        .collect();
+    handle_push_for(state, &stacks, event).await
 }
 
 /// [`handle_push`] for the given stacks only, whatever their `repository` (for callers that
-/// match repositories and integrations themselves, e.g. the VCS webhook processor).
+/// match repositories and integrations themselves, e.g. the VCS webhook processor). Many
+/// stacks are handled as one batch (see [`super::push_fanout`]).
 pub async fn handle_push_for(
     state: &AppState,
     stacks: &[Stack],
     event: &PushEvent,
 ) -> Result<Vec<PushResult>> {
     let all = state.store.all_policies().await?;
-    let mut out = Vec::new();
-    for stack in stacks {
-        out.push(handle_stack(state, &all, stack, event).await?);
-    }
-    Ok(out)
+    super::push_fanout::handle(state, &all, stacks, event).await
 }
 
-fn in_progress(runs: &[Run]) -> Vec<InProgressRun> {
+pub(super) fn in_progress(runs: &[Run]) -> Vec<InProgressRun> {
     runs.iter()
         .filter(|r| matches!(r.state, RunState::Queued | RunState::Unconfirmed))
         .map(|r| InProgressRun {
@@ -94,72 +87,8 @@ fn in_progress(runs: &[Run]) -> Vec<InProgressRun> {
         .collect()
 }
 
-async fn handle_stack(
-    state: &AppState,
-    all: &[cairn_store::PolicyRecord],
-    stack: &Stack,
-    event: &PushEvent,
-) -> Result<PushResult> {
-    let unfinished = state.store.unfinished_runs(&stack.id).await?;
-    let input = PushInput {
-        push: event.push.clone(),
-        pull_request: event.pull_request.clone(),
-        stack: stack_info(stack),
-        in_progress: in_progress(&unfinished),
-        vcs_integration: None,
-    };
-    let policies = select(state, all, PolicyKind::Push, stack);
-    let mut evaluations = Vec::new();
-    let decision = if policies.is_empty() {
-        default_push_decision(&input)
-    } else {
-        let prepared = prepare_input(&input);
-        let mut decisions = Vec::new();
-        for p in &policies {
-            let ev = match &prepared {
-                Ok((value, json)) => {
-                    evaluate(p.compiled.clone(), value.clone(), json.clone()).await
-                }
-                Err(e) => super::Evaluated {
-                    decision: Err(cairn_policy::PolicyError::Input(e.to_string())),
-                    input_json: serde_json::Value::Null,
-                    micros: 0,
-                },
-            };
-            if let Ok(Decision::Push(d)) = &ev.decision {
-                decisions.push(d.clone());
-            }
-            evaluations.push((p, ev));
-        }
-        // A policy that failed to evaluate says nothing; if none could, the push is ignored.
-        PushDecision::combine(decisions)
-    };
-    let ctx = PushContext {
-        from_fork: event.from_fork,
-        stack_locked_by: Some(stack.locked_by.as_str()).filter(|s| !s.is_empty()),
-        in_progress: &input.in_progress,
-    };
-    let outcome = resolve_push(&decision, &ctx);
-    let mut result = PushResult {
-        stack_id: stack.id.clone(),
-        outcome: outcome.clone(),
-        run: None,
-        canceled: Vec::new(),
-        notes: Vec::new(),
-    };
-    apply(state, stack, event, &outcome, &mut result).await?;
-    let run_id = result
-        .run
-        .as_ref()
-        .map(|r| r.id.clone())
-        .unwrap_or_default();
-    for (p, ev) in &evaluations {
-        record_sample(state, &p.record, &run_id, ev, &result.notes).await;
-    }
-    Ok(result)
-}
-
-async fn apply(
+/// Carries out `outcome` on one stack: locks, head commit, cancelations, the run.
+pub(super) async fn apply(
     state: &AppState,
     stack: &Stack,
     event: &PushEvent,
@@ -237,35 +166,12 @@ async fn apply(
         PushAction::Propose => RunType::Proposed,
         _ => RunType::Tracked,
     };
-    if let Some(dup) = existing_run(state, &stack.id, &event.commit.hash, run_type).await? {
-        notes.push(format!(
-            "run {dup} already exists for commit {} ({}): no new run",
-            event.commit.hash,
-            run_type.as_str()
-        ));
-        return Ok(());
-    }
-    for id in &outcome.cancel {
-        let note = "canceled by push policy";
-        match state
-            .transition(id, RunEvent::Cancel, note, RunPatch::default())
-            .await
-        {
-            Ok(run) => {
-                state.system_log(id, note).await;
-                state.artifacts.delete_run(id, &run.artifact_id).await;
-                result.canceled.push(id.clone());
-                notes.push(format!("canceled run {id}"));
-            }
-            Err(e) => notes.push(format!("run {id} not canceled: {e}")),
-        }
-    }
     let event_name = if event.pull_request.is_some() {
         "pull_request"
     } else {
         "push"
     };
-    let run = create_run(
+    let run = match create_vcs_run(
         state,
         stack,
         NewRun {
@@ -281,26 +187,41 @@ async fn apply(
                 .and_then(|pr| u64::try_from(pr.id).ok()),
         },
     )
-    .await?;
-    notes.push(format!("created {} run {}", run_type.as_str(), run.id));
+    .await?
+    {
+        Dedup::Created(run) => run,
+        // The store keeps one run per (stack, deployment, commit, type) whoever asks: a push
+        // and its pull request, a redelivery, another replica handling the same event.
+        Dedup::Existing(dup) => {
+            result.notes.push(format!(
+                "run {} already exists for commit {} ({}): no new run",
+                dup.id,
+                event.commit.hash,
+                run_type.as_str()
+            ));
+            return Ok(());
+        }
+    };
+    // Pre-empt only once this event's run exists: a duplicate event cancels nothing.
+    for id in &outcome.cancel {
+        let note = "canceled by push policy";
+        match state
+            .transition(id, RunEvent::Cancel, note, RunPatch::default())
+            .await
+        {
+            Ok(run) => {
+                state.system_log(id, note).await;
+                state.artifacts.delete_run(id, &run.artifact_id).await;
+                result.canceled.push(id.clone());
+                result.notes.push(format!("canceled run {id}"));
+            }
+            Err(e) => result.notes.push(format!("run {id} not canceled: {e}")),
+        }
+    }
+    super::after_run_created(state, &run).await;
+    result
+        .notes
+        .push(format!("created {} run {}", run_type.as_str(), run.id));
     result.run = Some(run);
     Ok(())
-}
-
-/// A run of `stack` for the same commit and type, among its recent runs.
-async fn existing_run(
-    state: &AppState,
-    stack_id: &str,
-    sha: &str,
-    run_type: RunType,
-) -> Result<Option<String>> {
-    let recent = state
-        .store
-        .list_runs(stack_id, &Page::first(Page::MAX_SIZE))
-        .await?;
-    Ok(recent
-        .items
-        .iter()
-        .find(|r| r.commit.hash == sha && r.run_type == run_type)
-        .map(|r| r.id.clone()))
 }
