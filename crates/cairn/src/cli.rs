@@ -74,6 +74,9 @@ pub enum Command {
     /// Manage worker pools
     #[command(subcommand, name = "workerpool", visible_alias = "pool")]
     WorkerPool(WorkerPoolCmd),
+    /// Cairn-managed Terraform state: versions, outputs, restore, import
+    #[command(subcommand)]
+    State(StateCmd),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -465,6 +468,40 @@ pub enum WorkerPoolCmd {
     List,
     /// List a pool's workers
     Workers { pool: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCmd {
+    /// List a deployment's state versions, newest first
+    List {
+        stack: String,
+        #[arg(long, default_value = "default")]
+        deployment: String,
+    },
+    /// Show a deployment's current outputs (sensitive values hidden)
+    Outputs {
+        stack: String,
+        #[arg(long, default_value = "default")]
+        deployment: String,
+    },
+    /// Write an older version as the new current one (admin; refused while locked)
+    Restore {
+        stack: String,
+        serial: i64,
+        #[arg(long, default_value = "default")]
+        deployment: String,
+    },
+    /// Bring an existing state file (e.g. terraform.tfstate) under the deployment's management
+    /// and queue an IMPORT run that plans against it
+    Import {
+        stack: String,
+        file: PathBuf,
+        #[arg(long, default_value = "default")]
+        deployment: String,
+        /// Replace the deployment's existing state (admin)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Command {

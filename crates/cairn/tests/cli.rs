@@ -591,3 +591,124 @@ async fn a_different_api_version_is_refused() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// `cairn state`: import a state file, list its versions, show outputs as `terraform output`
+/// does (sensitive hidden), restore an older version as an admin and not as a writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_verbs_import_list_outputs_and_restore() {
+    let srv = TestServer::start().await;
+    let repo = git_repo(&srv.data_dir.path().join("repo"));
+    assert_ok(
+        &srv.admin(&[
+            "stack",
+            "create",
+            "net",
+            "--repository",
+            &repo,
+            "--vendor",
+            "terraform",
+        ])
+        .await,
+    );
+    assert_ok(&srv.admin(&["stack", "sync", "net"]).await);
+    let state = |serial: i64, vpc: &str| {
+        serde_json::json!({
+            "version": 4, "terraform_version": "1.0.3", "serial": serial,
+            "lineage": "9d3c7f2e-1111-2222-3333-444455556666",
+            "outputs": {
+                "vpc_id": {"value": vpc, "type": "string"},
+                "token": {"value": "hunter2", "type": "string", "sensitive": true}
+            },
+            "resources": []
+        })
+        .to_string()
+    };
+    let file = srv.data_dir.path().join("terraform.tfstate");
+    std::fs::write(&file, state(4, "vpc-1")).unwrap();
+    let file = file.to_str().unwrap();
+
+    let none = srv.admin(&["state", "list", "net"]).await;
+    assert_ok(&none);
+    assert_eq!(stdout(&none), "net/default has no state yet.\n");
+
+    let imported = srv.admin(&["state", "import", "net", file]).await;
+    assert_ok(&imported);
+    assert!(
+        stdout(&imported).starts_with("Imported serial 4 (lineage 9d3c7f2e-"),
+        "{}",
+        stdout(&imported)
+    );
+    let again = srv.admin(&["state", "import", "net", file]).await;
+    assert_exit(&again, 6, "already has state");
+
+    let outputs = srv.admin(&["state", "outputs", "net"]).await;
+    assert_ok(&outputs);
+    assert_eq!(
+        stdout(&outputs),
+        "token = <sensitive>\nvpc_id = \"vpc-1\"\n"
+    );
+    assert!(!stdout(&outputs).contains("hunter2"));
+    let as_json = json(&srv.admin(&["state", "outputs", "net", "-o", "json"]).await);
+    assert_eq!(as_json["serial"], 4);
+    assert_eq!(as_json["outputs"][1]["value"], "vpc-1");
+    assert_eq!(as_json["outputs"][0]["value"], serde_json::Value::Null);
+
+    // A forced import replaces it as serial 5, then serial 4 is restored as serial 6.
+    std::fs::write(
+        srv.data_dir.path().join("terraform.tfstate"),
+        state(1, "vpc-2"),
+    )
+    .unwrap();
+    assert_ok(
+        &srv.admin(&["state", "import", "net", file, "--force"])
+            .await,
+    );
+    let writer = srv.user_key("walt", pb::Role::Writer).await;
+    let denied = srv
+        .cairn(
+            &[],
+            &[
+                "--server",
+                &srv.url,
+                "--api-key-file",
+                writer.to_str().unwrap(),
+                "state",
+                "restore",
+                "net",
+                "4",
+            ],
+        )
+        .await;
+    assert_exit(&denied, 4, "admin");
+    let restored = srv.admin(&["state", "restore", "net", "4"]).await;
+    assert_ok(&restored);
+    assert_eq!(
+        stdout(&restored),
+        "Restored serial 4 of net/default as serial 6.\n"
+    );
+    let listed = json(&srv.admin(&["state", "list", "net", "-o", "json"]).await);
+    let serials: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["serial"].as_i64().unwrap())
+        .collect();
+    assert_eq!(serials, [6, 5, 4]);
+    assert_eq!(listed[0]["outputs"][1]["value"], "vpc-1");
+    assert!(listed[0]["note"]
+        .as_str()
+        .unwrap()
+        .starts_with("restored from serial 4 by admin"));
+    let table = srv.admin(&["state", "list", "net"]).await;
+    assert_ok(&table);
+    assert!(
+        stdout(&table).starts_with("SERIAL  CREATED"),
+        "{}",
+        stdout(&table)
+    );
+    let bad = srv
+        .admin(&["state", "import", "net", "/nonexistent.tfstate"])
+        .await;
+    assert_exit(&bad, 7, "/nonexistent.tfstate");
+    srv.shutdown().await;
+}

@@ -4,6 +4,7 @@ pub mod policy;
 pub mod pool;
 pub mod run;
 pub mod stack;
+pub mod state;
 pub mod system;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Run(c) => run::run(ctx, c).await,
         Command::Policy(c) => policy::run(ctx, c).await,
         Command::WorkerPool(c) => pool::run(ctx, c).await,
+        Command::State(c) => state::run(ctx, c).await,
         Command::Login(_)
         | Command::Server(_)
         | Command::Agent(_)
