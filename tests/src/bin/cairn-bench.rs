@@ -8,7 +8,7 @@
 //! versus the same configuration as a Cairn tracked run with autodeploy.
 //!
 //! `--quick` runs smaller samples (for a smoke test); `--only <section>` runs one of
-//! `store`, `getrun`, `policy`, `push`, `terraform`.
+//! `store`, `getrun`, `policy`, `push`, `terraform`, `webhook`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +21,7 @@ use cairn_tests::{
 };
 use tonic::transport::Channel;
 
-const SECTIONS: [&str; 5] = ["store", "getrun", "policy", "push", "terraform"];
+const SECTIONS: [&str; 6] = ["store", "getrun", "policy", "push", "terraform", "webhook"];
 
 struct Args {
     quick: bool,
@@ -153,6 +153,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if wants("terraform") {
         section("terraform", terraform_overhead(args.quick).await);
+    }
+    if wants("webhook") {
+        section("webhook", webhook::run(args.quick).await);
     }
     if failures.is_empty() {
         Ok(())
@@ -579,3 +582,6 @@ async fn terraform_overhead(quick: bool) -> Result<()> {
     verdict("terraform overhead", 150.0, ms(added), "ms", Better::Lower);
     server.stop().await
 }
+
+#[path = "cairn-bench/webhook.rs"]
+mod webhook;
