@@ -7,7 +7,8 @@
 //! one push into a repository holding 10,000 stacks, decided and queued; Terraform by hand
 //! versus the same configuration as a Cairn tracked run with autodeploy.
 //!
-//! `--quick` runs smaller samples (for a smoke test); `--only <section>` runs one of
+//! `--quick` runs smaller samples (for a smoke test); `--only <section>` (or the bare section
+//! name) runs one of
 //! `store`, `getrun`, `policy`, `push`, `terraform`, `webhook`.
 
 use std::path::{Path, PathBuf};
@@ -49,9 +50,13 @@ fn parse_args() -> Result<Args> {
                 args.only = Some(s);
             }
             "-h" | "--help" => {
-                println!("cairn-bench [--quick] [--only store|getrun|policy|push|terraform]");
+                println!(
+                    "cairn-bench [--quick] [[--only] store|getrun|policy|push|terraform|webhook]"
+                );
                 std::process::exit(0);
             }
+            // `cargo xtask bench -- webhook`: a bare section name means `--only` it.
+            s if SECTIONS.contains(&s) => args.only = Some(s.to_string()),
             other => return Err(Error::Setup(format!("unknown argument {other:?}"))),
         }
     }
