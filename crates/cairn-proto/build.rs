@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cairn/v1/vcs.proto",
         "cairn/v1/system.proto",
         "cairn/v1/notification.proto",
+        "cairn/v1/deployment.proto",
         "cairn/v1/state.proto",
         "cairn/agent/v1/agent.proto",
         "cairn/runner/v1/runner.proto",

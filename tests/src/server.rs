@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_proto::v1::deployment_service_client::DeploymentServiceClient;
 use cairn_proto::v1::run_service_client::RunServiceClient;
 use cairn_proto::v1::stack_service_client::StackServiceClient;
 use cairn_proto::v1::system_service_client::SystemServiceClient;
@@ -40,6 +41,8 @@ pub struct ServerOptions {
     pub otlp_endpoint: Option<String>,
     /// Empty: SQLite in the temporary data directory.
     pub database_url: String,
+    /// `[deployments] max_cycles` (in-process servers only).
+    pub deployment_max_cycles: u32,
 }
 
 impl Default for ServerOptions {
@@ -49,6 +52,7 @@ impl Default for ServerOptions {
             heartbeat_interval: Duration::from_secs(2),
             otlp_endpoint: None,
             database_url: String::new(),
+            deployment_max_cycles: cairn_server::Config::default().deployment_max_cycles,
         }
     }
 }
@@ -105,6 +109,7 @@ impl TestServer {
             lease_timeout: opts.lease_timeout,
             heartbeat_interval: opts.heartbeat_interval,
             otlp_endpoint: opts.otlp_endpoint.clone(),
+            deployment_max_cycles: opts.deployment_max_cycles,
             ..cairn_server::Config::default()
         };
         let server = cairn_server::Server::builder(config).build().await?;
@@ -236,6 +241,10 @@ impl TestServer {
 
     pub fn runs(&self) -> RunServiceClient<Authed> {
         RunServiceClient::new(self.authed())
+    }
+
+    pub fn deployments(&self) -> DeploymentServiceClient<Authed> {
+        DeploymentServiceClient::new(self.authed())
     }
 
     pub fn pools(&self) -> WorkerPoolServiceClient<Authed> {

@@ -401,6 +401,14 @@ impl Run {
             RunEvent::Dispatch => {
                 close_open(&mut self.steps, St::Cancelled);
                 push(&mut self.steps, StepKind::Plan, St::Running);
+                // A cycle is a plan after each successful apply; re-planning an unapproved plan
+                // stays in the same cycle.
+                let applied = self
+                    .steps
+                    .iter()
+                    .filter(|s| s.kind != StepKind::Plan && s.state == St::Success)
+                    .count();
+                self.cycle = u32::try_from(applied + 1).unwrap_or(u32::MAX);
             }
             RunEvent::FinishNoOp | RunEvent::FinishProposed => {
                 finish_plan(&mut self.steps);

@@ -582,6 +582,7 @@ impl Session {
                     }
                     return self.end_lease(&ev.lease_id).await;
                 }
+                crate::deployments::workspace_stored(&self.state, &run_id).await;
                 let run = self.state.store.get_run(&run_id).await?;
                 if !drives(kind, run.state) {
                     self.end_lease(&ev.lease_id).await?;
@@ -663,6 +664,29 @@ impl Session {
             .delta
             .map(convert::delta_from)
             .unwrap_or_else(|| Delta::from_changes(&changes));
+        if let Some(why) = crate::deployments::cycle_cap(&self.state, &run, r.no_op) {
+            let patch = RunPatch {
+                delta: Some(delta),
+                changes: Some(changes),
+                no_op: Some(false),
+                error: Some(why.clone()),
+                ..Default::default()
+            };
+            if let Ok(run) = self
+                .state
+                .transition(run_id, RunEvent::Fail, &why, patch)
+                .await
+            {
+                self.state
+                    .system_log(run_id, format!("run failed: {why}"))
+                    .await;
+                self.state
+                    .artifacts
+                    .delete_run(run_id, &run.artifact_id)
+                    .await;
+            }
+            return self.end_lease(lease_id).await;
+        }
         let verdict = match crate::policies::plan::after_plan(
             &self.state,
             &run,
@@ -774,6 +798,9 @@ impl Session {
                 .await;
             return self.end_lease(lease_id).await;
         }
+        // The agent stores the workspace before it reports the plan: an auto-approved
+        // deployment run can be confirmed now.
+        crate::deployments::workspace_stored(&self.state, run_id).await;
         let waiting_upload = {
             let map = self.state.agents.lock();
             map.get(&self.worker_id)
@@ -925,9 +952,15 @@ impl Session {
             } else {
                 ""
             };
+            // A deployment run plans again after each apply; an empty plan finishes it.
+            let event = if run.is_deployment_run() {
+                RunEvent::Cycle
+            } else {
+                RunEvent::FinishApply
+            };
             let res = self
                 .state
-                .transition(run_id, RunEvent::FinishApply, note, RunPatch::default())
+                .transition(run_id, event, note, RunPatch::default())
                 .await;
             if let Err(e) = res {
                 tracing::info!(run.id = %run_id, error = %e, "apply result not applied");
@@ -1098,10 +1131,17 @@ async fn expire_leases(state: &AppState) -> Result<()> {
 }
 
 async fn dispatch(state: &AppState) -> Result<()> {
+    let view = state.store.dispatch_view().await?;
+    // Tracked runs of deployment stacks become deployment runs first (even with no agent, so
+    // that the runs are there to see); the queue is read again on the next round.
+    if crate::deployments::adopt_tracked_runs(state, &view.runs).await? {
+        state.wake_scheduler();
+        return Ok(());
+    }
     if state.agents.is_empty() {
         return Ok(());
     }
-    let order = dispatch_order(state.store.dispatch_view().await?);
+    let order = dispatch_order(view);
     let policies = state.store.all_policies().await?;
     let mut stacks: HashMap<String, Option<Stack>> = HashMap::new();
     for run in order {
@@ -1119,9 +1159,15 @@ async fn dispatch(state: &AppState) -> Result<()> {
         if !crate::policies::approval::may_dispatch(state, &policies, &run, stack).await? {
             continue;
         }
+        if !crate::deployments::may_dispatch(state, &run).await {
+            continue;
+        }
         let (event, kind) = match run.state {
             RunState::Queued | RunState::ReplanRequested => {
-                let autodeploy = stack.autodeploy && run.run_type == RunType::Tracked;
+                // Deployment runs apply in leases of their own, once they hold the lock.
+                let autodeploy = stack.autodeploy
+                    && run.run_type == RunType::Tracked
+                    && !run.is_deployment_run();
                 let kind = if autodeploy {
                     apb::JobKind::PlanAndApply
                 } else {
@@ -1157,6 +1203,8 @@ async fn lease_run(
     // The lease id first: the state password is bound to it.
     let lease_id = cairn_core::ids::new_id("lease");
     let env = crate::state_backend::with_lease_env(state, run, stack, &lease_id, env)?;
+    let env = crate::deployments::lease_env(state, run, kind == apb::JobKind::Apply, env).await?;
+    let variables = crate::deployments::lease_variables(state, run).await?;
     let workspace_key = match kind {
         apb::JobKind::Apply => state.artifacts.data_key(&state.master_key, &run.id).await?,
         _ => {
@@ -1278,7 +1326,7 @@ async fn lease_run(
             String::new()
         },
         upload_workspace: upload,
-        variables: HashMap::new(),
+        variables,
         run_type: convert::run_type(run.run_type) as i32,
     };
     let msg = apb::SessionResponse {

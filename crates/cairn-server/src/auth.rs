@@ -92,6 +92,26 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/cairn.v1.StateService/GetStateLock", R(Reader)),
     ("/cairn.v1.StateService/ForceUnlock", R(Admin)),
     ("/cairn.v1.StateService/ImportState", R(Writer)),
+    // Deployments: declaring, changing and removing them (and fetching a configuration)
+    // starts runs, like TriggerRun.
+    ("/cairn.v1.DeploymentService/CreateDeployment", R(Writer)),
+    ("/cairn.v1.DeploymentService/UpdateDeployment", R(Writer)),
+    ("/cairn.v1.DeploymentService/DeleteDeployment", R(Writer)),
+    ("/cairn.v1.DeploymentService/GetDeployment", R(Reader)),
+    ("/cairn.v1.DeploymentService/ListDeployments", R(Reader)),
+    (
+        "/cairn.v1.DeploymentService/CreateConfigurationVersion",
+        R(Writer),
+    ),
+    (
+        "/cairn.v1.DeploymentService/ListConfigurationVersions",
+        R(Reader),
+    ),
+    (
+        "/cairn.v1.DeploymentService/GetConfigurationVersion",
+        R(Reader),
+    ),
+    ("/cairn.v1.DeploymentService/GetConvergence", R(Reader)),
     ("/cairn.v1.WorkerPoolService/CreateWorkerPool", R(Admin)),
     ("/cairn.v1.WorkerPoolService/ListWorkerPools", R(Reader)),
     ("/cairn.v1.WorkerPoolService/ListWorkers", R(Reader)),
@@ -222,6 +242,8 @@ mod tests {
             "cairn.v1.PolicyService",
             "cairn.v1.NotificationService",
             "cairn.v1.VcsService",
+            "cairn.v1.DeploymentService",
+            "cairn.v1.StateService",
             "cairn.v1.StateService",
             "cairn.agent.v1.AgentService",
         ];

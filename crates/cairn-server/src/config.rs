@@ -44,6 +44,9 @@ pub struct Config {
     /// How often plain-Git repositories (local paths, `file://` URLs, GIT integrations without
     /// their own interval) are polled with `git ls-remote`.
     pub git_poll_interval: Duration,
+    /// Plan/apply cycles a deployment run may take: a plan that still has changes in this
+    /// cycle fails the run ("did not converge"). TOML `[deployments] max_cycles`.
+    pub deployment_max_cycles: u32,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             policy_samples_kept: 100,
             webhook_max_bytes: crate::vcs::DEFAULT_WEBHOOK_MAX_BYTES,
             git_poll_interval: Duration::from_secs(2),
+            deployment_max_cycles: 5,
         }
     }
 }
@@ -87,6 +91,15 @@ pub struct ConfigLayer {
     pub webhook_max_bytes: Option<u64>,
     #[serde(default, with = "opt_duration")]
     pub git_poll_interval: Option<Duration>,
+    #[serde(default)]
+    pub deployments: Option<DeploymentsLayer>,
+}
+
+/// The `[deployments]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentsLayer {
+    pub max_cycles: Option<u32>,
 }
 
 impl Config {
@@ -132,6 +145,7 @@ impl Config {
             policy_samples_kept,
             webhook_max_bytes,
             git_poll_interval,
+            deployments,
         } = layer;
         if let Some(v) = listen {
             self.listen = v;
@@ -173,6 +187,9 @@ impl Config {
         if let Some(v) = git_poll_interval {
             self.git_poll_interval = v;
         }
+        if let Some(v) = deployments.and_then(|d| d.max_cycles) {
+            self.deployment_max_cycles = v;
+        }
     }
 
     fn check(&self) -> Result<(), ServerError> {
@@ -199,6 +216,11 @@ impl Config {
         if self.max_workflow_runs == 0 {
             return Err(ServerError::Config(
                 "max_workflow_runs must be positive".into(),
+            ));
+        }
+        if self.deployment_max_cycles == 0 {
+            return Err(ServerError::Config(
+                "deployments.max_cycles must be positive".into(),
             ));
         }
         if self.policy_samples_kept == 0 {
@@ -246,7 +268,7 @@ impl ConfigLayer {
     /// `CAIRN_STATE_MAX_BYTES`, `CAIRN_LEASE_TIMEOUT`,
     /// `CAIRN_HEARTBEAT_INTERVAL`, `CAIRN_ARTIFACT_DIR`, `CAIRN_OTLP_ENDPOINT`,
     /// `CAIRN_MAX_WORKFLOW_RUNS`, `CAIRN_POLICY_SAMPLES_KEPT`, `CAIRN_WEBHOOK_MAX_BYTES`,
-    /// `CAIRN_GIT_POLL_INTERVAL`.
+    /// `CAIRN_GIT_POLL_INTERVAL`, `CAIRN_DEPLOYMENTS_MAX_CYCLES`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<ConfigLayer, ServerError> {
         let get = |name: &str| env(name).filter(|v| !v.is_empty() || name.ends_with("_URL"));
         let parse_err = |name: &str, e: String| ServerError::Config(format!("{name}: {e}"));
@@ -294,6 +316,15 @@ impl ConfigLayer {
                 .transpose()?,
             git_poll_interval: get("CAIRN_GIT_POLL_INTERVAL")
                 .map(|v| parse_duration(&v).map_err(|e| parse_err("CAIRN_GIT_POLL_INTERVAL", e)))
+                .transpose()?,
+            deployments: get("CAIRN_DEPLOYMENTS_MAX_CYCLES")
+                .map(|v| {
+                    v.parse()
+                        .map(|n| DeploymentsLayer {
+                            max_cycles: Some(n),
+                        })
+                        .map_err(|e| parse_err("CAIRN_DEPLOYMENTS_MAX_CYCLES", format!("{e}")))
+                })
                 .transpose()?,
         })
     }
@@ -428,5 +459,10 @@ mod tests {
         assert!(parse_duration("s").is_err());
         let layer = ConfigLayer::from_toml("heartbeat_interval = 3").unwrap();
         assert_eq!(layer.heartbeat_interval, Some(Duration::from_secs(3)));
+        let layer = ConfigLayer::from_toml("[deployments]\nmax_cycles = 3").unwrap();
+        let mut c = Config::default();
+        c.apply(layer);
+        assert_eq!(c.deployment_max_cycles, 3);
+        assert!(ConfigLayer::from_toml("[deployments]\nmax_cycle = 3").is_err());
     }
 }

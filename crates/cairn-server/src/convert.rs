@@ -275,6 +275,9 @@ pub fn run(r: &core::Run) -> pb::Run {
         policy_denies: r.policy_denies.clone(),
         policy_warnings: r.policy_warnings.clone(),
         error: r.error.clone(),
+        config_version: r.config_version,
+        cycle: r.cycle,
+        approved_at: r.approved_at,
     }
 }
 

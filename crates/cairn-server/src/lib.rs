@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod crypto;
+pub mod deployments;
 pub mod error;
 pub mod hub;
 pub mod notify;

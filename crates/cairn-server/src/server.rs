@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use cairn_core::Role;
 use cairn_proto::agent::v1::agent_service_server::AgentServiceServer;
+use cairn_proto::v1::deployment_service_server::DeploymentServiceServer;
 use cairn_proto::v1::notification_service_server::NotificationServiceServer;
 use cairn_proto::v1::policy_service_server::PolicyServiceServer;
 use cairn_proto::v1::run_service_server::RunServiceServer;
@@ -190,6 +191,9 @@ impl Server {
         health
             .set_serving::<StateServiceServer<crate::services::state::StateSvc>>()
             .await;
+        health
+            .set_serving::<DeploymentServiceServer<crate::services::deployment::DeploymentSvc>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -221,6 +225,11 @@ impl Server {
         .add_service(StateServiceServer::new(crate::services::state::StateSvc {
             state: state.clone(),
         }))
+        .add_service(DeploymentServiceServer::new(
+            crate::services::deployment::DeploymentSvc {
+                state: state.clone(),
+            },
+        ))
         .add_service(health_svc)
         .add_service(reflection)
         .prepare()

@@ -86,6 +86,8 @@ impl AppState {
         let run = cairn_store::transition(self.store.as_ref(), run_id, event, note, patch).await?;
         self.changed(&run).await;
         self.policies.run_changed(&run);
+        // Boxed: dismissing older plans transitions other runs, which comes back here.
+        Box::pin(crate::deployments::after_transition(self, event, &run)).await;
         Ok(run)
     }
 

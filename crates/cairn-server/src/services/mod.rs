@@ -2,6 +2,7 @@
 //! shared state; errors become statuses only through `From<ServerError> for Status`.
 
 pub mod agent;
+pub mod deployment;
 pub mod policy;
 pub mod run;
 pub mod stack;

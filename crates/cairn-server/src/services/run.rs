@@ -123,8 +123,10 @@ impl RunSvc {
     }
 
     async fn replan(&self, r: pb::ReplanRunRequest) -> Result<Run> {
-        self.existing(&r.run_id).await?;
-        if r.targets.is_empty() {
+        let run = self.existing(&r.run_id).await?;
+        // Without targets a deployment run plans again in full: how a plan of a newer
+        // configuration version is re-run after another version was applied.
+        if r.targets.is_empty() && !run.is_deployment_run() {
             return Err(ServerError::invalid("targets", "at least one address"));
         }
         if r.targets.len() > 1000 {

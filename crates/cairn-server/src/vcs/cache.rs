@@ -111,6 +111,46 @@ pub fn fetch(cache_root: &Path, repository: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// What a commit holds under a project root, read from a bare cache made by [`fetch`]: the
+/// root's tree hash (the content digest of a configuration version) and the file `name` in it
+/// (None when there is none).
+pub fn read_project_file(
+    dir: &Path,
+    sha: &str,
+    root: &str,
+    name: &str,
+) -> Result<(String, Option<Vec<u8>>)> {
+    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ServerError::invalid(
+            "commit_sha",
+            format!("{sha:?} is not a commit hash"),
+        ));
+    }
+    let root = root.trim_matches('/');
+    let tree = if root.is_empty() {
+        format!("{sha}^{{tree}}")
+    } else {
+        format!("{sha}:{root}")
+    };
+    let digest = git(Some(dir), &["rev-parse", "--verify", "--quiet", &tree]).map_err(|_| {
+        ServerError::precondition(format!(
+            "commit {sha} has no project root {root:?} (or the commit is not on a fetched branch)"
+        ))
+    })?;
+    let digest = String::from_utf8_lossy(&digest).trim().to_string();
+    let path = if root.is_empty() {
+        name.to_string()
+    } else {
+        format!("{root}/{name}")
+    };
+    let listed = git(Some(dir), &["ls-tree", "--name-only", sha, "--", &path])?;
+    if listed.is_empty() {
+        return Ok((digest, None));
+    }
+    let body = git(Some(dir), &["cat-file", "blob", &format!("{sha}:{path}")])?;
+    Ok((digest, Some(body)))
+}
+
 /// Locations the server may fetch on its own for a stack: local paths and `file://` URLs, any
 /// `scheme://` URL (https, ssh, git) and scp-like `user@host:path`. A bare `owner/name` is a
 /// hosted repository's name, not a location.

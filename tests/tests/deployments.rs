@@ -1,0 +1,577 @@
+//! End to end: HCP Terraform-style deployments with a real server, a real `cairn agent`, the
+//! Terraform plugin and real Terraform 1.0.3 with the cairntest provider, on a real git
+//! repository whose `cairn.toml` declares the deployments.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_tests::{
+    log_text, pb, stack_spec, state_of, wait_until, AgentOptions, AgentProcess, Error, GitRepo,
+    Result, ServerOptions, TestServer, WAIT,
+};
+use pb::RunState as S;
+
+/// Two files per deployment under `dir`: `b` reads whether `a` exists when it is planned, so
+/// the first apply (which creates `a`) changes what the next plan wants for `b`: a deployment
+/// needs a second plan/apply cycle before a plan comes out empty.
+const MULTI_CYCLE: &str = r#"terraform {
+  required_providers {
+    cairntest = { source = "cairn.local/test/cairntest" }
+  }
+}
+
+variable "dir" {
+  type = string
+}
+
+variable "label" {
+  type = string
+}
+
+resource "cairntest_file" "a" {
+  path    = "${var.dir}/a.txt"
+  content = var.label
+}
+
+resource "cairntest_file" "b" {
+  path    = "${var.dir}/b.txt"
+  content = fileexists("${var.dir}/a.txt") ? "converged" : "pending"
+}
+
+output "label" {
+  value = var.label
+}
+"#;
+
+/// Never converges: every plan wants a new timestamp.
+const NEVER_CONVERGES: &str = r#"terraform {
+  required_providers {
+    cairntest = { source = "cairn.local/test/cairntest" }
+  }
+}
+
+variable "dir" {
+  type = string
+}
+
+resource "cairntest_file" "t" {
+  path    = "${var.dir}/t.txt"
+  content = timestamp()
+}
+"#;
+
+fn toml_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// cairn.toml with one `[deployments.<name>]` per entry: (name, dir, label, auto_approve).
+fn cairn_toml(deployments: &[(&str, &Path, &str, bool)]) -> String {
+    let mut out = String::new();
+    for (name, dir, label, auto) in deployments {
+        out.push_str(&format!(
+            "[deployments.{name}]\ninputs = {{ dir = {}, label = {} }}\nauto_approve = {auto}\n\n",
+            toml_str(&dir.display().to_string()),
+            toml_str(label)
+        ));
+    }
+    out
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// Runs of the stack built from configuration version `seq`, by deployment name.
+async fn runs_at(server: &TestServer, stack: &str, seq: i64) -> Result<Vec<pb::Run>> {
+    let mut runs: Vec<pb::Run> = server
+        .runs()
+        .list_runs(pb::ListRunsRequest {
+            stack_id: stack.into(),
+            page: Some(pb::PageRequest {
+                page_size: 200,
+                page_token: String::new(),
+            }),
+        })
+        .await?
+        .into_inner()
+        .runs
+        .into_iter()
+        .filter(|r| r.config_version == seq)
+        .collect();
+    runs.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+    Ok(runs)
+}
+
+async fn versions(server: &TestServer, stack: &str) -> Result<Vec<pb::ConfigurationVersion>> {
+    Ok(server
+        .deployments()
+        .list_configuration_versions(pb::ListConfigurationVersionsRequest {
+            stack_id: stack.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .configuration_versions)
+}
+
+/// Waits until configuration version `seq` exists and has one run per deployment in `names`
+/// (plus destroy runs); returns its runs by deployment name.
+async fn version_runs(
+    server: &TestServer,
+    stack: &str,
+    seq: i64,
+    names: &[&str],
+) -> Result<Vec<pb::Run>> {
+    wait_until(
+        &format!("configuration version {seq} with runs for {names:?}"),
+        WAIT,
+        || async {
+            let ok = versions(server, stack).await?.iter().any(|v| v.seq == seq);
+            let runs = runs_at(server, stack, seq).await?;
+            let got: Vec<&str> = runs.iter().map(|r| r.deployment.as_str()).collect();
+            Ok((ok && got == names).then_some(runs))
+        },
+    )
+    .await
+}
+
+/// Polls the run until `check` holds; fails early when it ends otherwise.
+async fn wait_run(
+    server: &TestServer,
+    run_id: &str,
+    what: &str,
+    check: impl Fn(&pb::Run) -> bool,
+) -> Result<pb::Run> {
+    let check = &check;
+    let res = wait_until(what, WAIT, || async move {
+        let run = server.get_run(run_id).await?;
+        if check(&run) {
+            return Ok(Some(run));
+        }
+        let terminal = matches!(
+            state_of(&run),
+            S::Finished | S::Failed | S::Discarded | S::Canceled | S::Stopped
+        );
+        if terminal {
+            return Err(Error::Check(format!(
+                "run {run_id} ended {:?} (error {:?}) instead of: {what}",
+                state_of(&run),
+                run.error
+            )));
+        }
+        Ok(None)
+    })
+    .await;
+    if res.is_err() {
+        let logs = log_text(server, run_id).await.unwrap_or_default();
+        let run = server.get_run(run_id).await?;
+        let history: Vec<String> = run
+            .states_history
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:?} {}",
+                    S::try_from(t.state).unwrap_or(S::Unspecified),
+                    t.note
+                )
+            })
+            .collect();
+        eprintln!(
+            "run {run_id}: cycle {}, steps {:?}, history {history:?}\nlogs:\n{logs}",
+            run.cycle,
+            steps(&run)
+        );
+    }
+    res
+}
+
+fn steps(run: &pb::Run) -> Vec<(pb::StepKind, pb::StepState)> {
+    run.steps
+        .iter()
+        .map(|s| {
+            (
+                pb::StepKind::try_from(s.kind).unwrap_or(pb::StepKind::Unspecified),
+                pb::StepState::try_from(s.state).unwrap_or(pb::StepState::Unspecified),
+            )
+        })
+        .collect()
+}
+
+fn note_of(run: &pb::Run, state: S) -> String {
+    run.states_history
+        .iter()
+        .rev()
+        .find(|t| t.state == state as i32)
+        .map(|t| t.note.clone())
+        .unwrap_or_default()
+}
+
+async fn deployment(server: &TestServer, stack: &str, name: &str) -> Result<pb::Deployment> {
+    server
+        .deployments()
+        .get_deployment(pb::GetDeploymentRequest {
+            stack_id: stack.into(),
+            name: name.into(),
+        })
+        .await?
+        .into_inner()
+        .deployment
+        .ok_or_else(|| Error::Check("GetDeployment answered without a deployment".into()))
+}
+
+/// Pushes the repository's work tree, moves the stack's tracked commit and asks for a tracked
+/// run, as a push noticed by Cairn would (the Git poller may notice it too: one configuration
+/// version per commit either way).
+async fn push(server: &TestServer, repo: &GitRepo, stack: &str, message: &str) -> Result<String> {
+    let sha = repo.commit_and_push(message)?;
+    server.sync(stack, &sha).await?;
+    server.trigger(stack, pb::RunType::Tracked, &sha).await?;
+    Ok(sha)
+}
+
+use pb::StepKind as K;
+use pb::StepState as T;
+
+/// Deployments `dev` (auto-approved) and `prod` declared in cairn.toml: one run per deployment
+/// per configuration version; dev converges over several plan/apply cycles on its own; prod is
+/// approved at the newer version while its older plan waits (the older one is dismissed and
+/// cannot be revived); prod converges over two confirmed cycles holding its lock throughout;
+/// removing dev from cairn.toml destroys it with the configuration that last contained it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_converge_in_approval_order_and_removal_destroys() -> Result<()> {
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let _agent = AgentProcess::start(&server, AgentOptions::named("deployments")).await?;
+    let out = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+    let dev_dir: PathBuf = out.path().join("dev");
+    let prod_dir: PathBuf = out.path().join("prod");
+    let repo = GitRepo::new()?;
+    repo.write("infra/main.tf", MULTI_CYCLE)?;
+    repo.write(
+        "infra/cairn.toml",
+        &cairn_toml(&[
+            ("dev", &dev_dir, "dev-1", true),
+            ("prod", &prod_dir, "prod-1", false),
+        ]),
+    )?;
+    let first = repo.commit_and_push("dev and prod")?;
+    server
+        .create_stack(
+            stack_spec("app", &repo.url(), "infra", "terraform", false),
+            vec![],
+            &first,
+        )
+        .await?;
+    server.trigger("app", pb::RunType::Tracked, &first).await?;
+
+    // Version 1: one run per deployment.
+    let v1 = version_runs(&server, "app", 1, &["dev", "prod"]).await?;
+    let (dev1, prod1) = (&v1[0], &v1[1]);
+    assert_eq!(
+        dev1.commit.as_ref().map(|c| c.hash.as_str()),
+        Some(first.as_str())
+    );
+    let deps = server
+        .deployments()
+        .list_deployments(pb::ListDeploymentsRequest {
+            stack_id: "app".into(),
+        })
+        .await?
+        .into_inner()
+        .deployments;
+    let names: Vec<(&str, &str)> = deps
+        .iter()
+        .map(|d| (d.name.as_str(), d.declared_in.as_str()))
+        .collect();
+    assert_eq!(names, [("dev", "file"), ("prod", "file")]);
+
+    // dev auto-approves: apply, plan again (b now sees a), apply, plan empty: converged.
+    let dev1 = wait_run(&server, &dev1.id, "dev v1 FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert_eq!(dev1.cycle, 3, "two applies, then the empty third plan");
+    assert_eq!(
+        steps(&dev1),
+        [
+            (K::Plan, T::Success),
+            (K::Apply, T::Success),
+            (K::Plan, T::Success),
+            (K::Apply, T::Success),
+            (K::Plan, T::Success),
+        ]
+    );
+    assert_eq!(read(&dev_dir.join("a.txt")).as_deref(), Some("dev-1"));
+    assert_eq!(read(&dev_dir.join("b.txt")).as_deref(), Some("converged"));
+    assert!(dev1.approved_at > 0);
+    assert!(
+        log_text(&server, &dev1.id).await?.contains("auto-approved"),
+        "the auto-approval is in the run log"
+    );
+    // prod waits for a human; its plan took no lock.
+    let prod1 = wait_run(&server, &prod1.id, "prod v1 UNCONFIRMED", |r| {
+        state_of(r) == S::Unconfirmed
+    })
+    .await?;
+    assert_eq!(
+        steps(&prod1),
+        [(K::Plan, T::Success), (K::Apply, T::Waiting)]
+    );
+    assert_eq!(deployment(&server, "app", "prod").await?.lock_holder, "");
+    assert_eq!(read(&prod_dir.join("a.txt")), None);
+
+    // A change: version 2, one run per deployment again.
+    repo.write(
+        "infra/cairn.toml",
+        &cairn_toml(&[
+            ("dev", &dev_dir, "dev-2", true),
+            ("prod", &prod_dir, "prod-2", false),
+        ]),
+    )?;
+    let second = push(&server, &repo, "app", "labels 2").await?;
+    let v2 = version_runs(&server, "app", 2, &["dev", "prod"]).await?;
+    let (dev2, prod2) = (&v2[0], &v2[1]);
+    assert_eq!(
+        prod2.commit.as_ref().map(|c| c.hash.as_str()),
+        Some(second.as_str())
+    );
+    let version2 = server
+        .deployments()
+        .get_configuration_version(pb::GetConfigurationVersionRequest {
+            stack_id: "app".into(),
+            seq: 2,
+        })
+        .await?
+        .into_inner()
+        .configuration_version
+        .unwrap_or_default();
+    assert_eq!(version2.commit_sha, second);
+    assert_eq!(
+        version2.content_digest.len(),
+        40,
+        "the project root's tree hash"
+    );
+    assert_eq!(
+        version2
+            .deployments
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        ["dev", "prod"]
+    );
+    wait_run(&server, &dev2.id, "dev v2 FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert_eq!(read(&dev_dir.join("a.txt")).as_deref(), Some("dev-2"));
+    let prod2 = wait_run(&server, &prod2.id, "prod v2 UNCONFIRMED", |r| {
+        state_of(r) == S::Unconfirmed
+    })
+    .await?;
+    // Both prod plans wait; approving the newer one dismisses the older one for good.
+    assert_eq!(state_of(&server.get_run(&prod1.id).await?), S::Unconfirmed);
+    server
+        .runs()
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: prod2.id.clone(),
+        })
+        .await?;
+    let prod1 = server.get_run(&prod1.id).await?;
+    assert_eq!(state_of(&prod1), S::Discarded);
+    assert_eq!(
+        note_of(&prod1, S::Discarded),
+        "dismissed: configuration version 2 was approved"
+    );
+    assert_eq!(
+        steps(&prod1),
+        [(K::Plan, T::Success), (K::Apply, T::Cancelled)]
+    );
+    let revive = server
+        .runs()
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: prod1.id.clone(),
+        })
+        .await
+        .expect_err("a dismissed plan cannot be approved");
+    assert_eq!(revive.code(), tonic::Code::FailedPrecondition);
+
+    // prod v2 applies, plans again with changes (b) and waits, holding the lock meanwhile.
+    let prod2 = wait_run(&server, &prod2.id, "prod v2 UNCONFIRMED in cycle 2", |r| {
+        state_of(r) == S::Unconfirmed && r.cycle == 2
+    })
+    .await?;
+    assert_eq!(read(&prod_dir.join("b.txt")).as_deref(), Some("pending"));
+    assert_eq!(
+        deployment(&server, "app", "prod").await?.lock_holder,
+        prod2.id
+    );
+    let conv = server
+        .deployments()
+        .get_convergence(pb::GetConvergenceRequest {
+            stack_id: "app".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(!conv.converged, "prod is still on its way: {conv:?}");
+    server
+        .runs()
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: prod2.id.clone(),
+        })
+        .await?;
+    let prod2 = wait_run(&server, &prod2.id, "prod v2 FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert_eq!(prod2.cycle, 3);
+    assert_eq!(
+        steps(&prod2),
+        [
+            (K::Plan, T::Success),
+            (K::Apply, T::Success),
+            (K::Plan, T::Success),
+            (K::Apply, T::Success),
+            (K::Plan, T::Success),
+        ]
+    );
+    assert_eq!(read(&prod_dir.join("a.txt")).as_deref(), Some("prod-2"));
+    assert_eq!(read(&prod_dir.join("b.txt")).as_deref(), Some("converged"));
+    assert_eq!(deployment(&server, "app", "prod").await?.lock_holder, "");
+    let conv = server
+        .deployments()
+        .get_convergence(pb::GetConvergenceRequest {
+            stack_id: "app".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(conv.converged, "{conv:?}");
+    assert_eq!(conv.latest_config_version, 2);
+
+    // Removing dev from cairn.toml: version 3 has prod only; dev is destroyed with version 2.
+    repo.write(
+        "infra/cairn.toml",
+        &cairn_toml(&[("prod", &prod_dir, "prod-2", false)]),
+    )?;
+    push(&server, &repo, "app", "remove dev").await?;
+    let v3 = version_runs(&server, "app", 3, &["prod"]).await?;
+    let prod3 = wait_run(&server, &v3[0].id, "prod v3 FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert!(prod3.no_op, "nothing changed for prod");
+    let destroy = wait_until("dev's destroy run", WAIT, || async {
+        let runs = runs_at(&server, "app", 2).await?;
+        Ok(runs
+            .into_iter()
+            .find(|r| r.deployment == "dev" && r.mode == pb::RunMode::Destroy as i32))
+    })
+    .await?;
+    assert_eq!(
+        destroy.commit.as_ref().map(|c| c.hash.as_str()),
+        Some(second.as_str()),
+        "planned with the last configuration that contained dev"
+    );
+    wait_run(&server, &destroy.id, "dev destroy FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert_eq!(read(&dev_dir.join("a.txt")), None);
+    assert_eq!(read(&dev_dir.join("b.txt")), None);
+    let dev = deployment(&server, "app", "dev").await?;
+    assert!(dev.deleted && dev.removed, "{dev:?}");
+    let conv = server
+        .deployments()
+        .get_convergence(pb::GetConvergenceRequest {
+            stack_id: "app".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(conv.converged, "dev is removed, prod is at 3: {conv:?}");
+    assert_eq!(conv.latest_config_version, 3);
+
+    read_state(&server, "app", "prod", "prod-2").await?;
+    Ok(())
+}
+
+/// State versions and outputs of a deployment, read from the store the server wrote (its
+/// SQLite file).
+async fn read_state(server: &TestServer, stack: &str, deployment: &str, label: &str) -> Result<()> {
+    use cairn_store::Store as _;
+    let store = cairn_store_sqlite::SqliteStore::open(&server.data_dir.join("cairn.db"))
+        .await
+        .map_err(|e| Error::Check(format!("opening the store: {e}")))?;
+    let versions = store
+        .list_state_versions(stack, deployment, &cairn_store::Page::first(50))
+        .await
+        .map_err(|e| Error::Check(e.to_string()))?;
+    assert!(
+        versions.items.len() >= 2,
+        "one state version per apply at least: {}",
+        versions.items.len()
+    );
+    let current = &versions.items[0];
+    let outputs: serde_json::Value = serde_json::from_str(&current.outputs_json)
+        .map_err(|e| Error::Check(format!("outputs: {e}")))?;
+    assert_eq!(outputs["label"]["value"], label, "{outputs}");
+    Ok(())
+}
+
+/// A configuration whose plans always change fails its run once the cycle cap is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_never_converges_fails_at_the_cycle_cap() -> Result<()> {
+    let server = TestServer::start(ServerOptions {
+        deployment_max_cycles: 2,
+        ..Default::default()
+    })
+    .await?;
+    let _agent = AgentProcess::start(&server, AgentOptions::named("cap")).await?;
+    let out = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+    let repo = GitRepo::new()?;
+    repo.write("main.tf", NEVER_CONVERGES)?;
+    repo.write(
+        "cairn.toml",
+        &format!(
+            "[deployments.default]\ninputs = {{ dir = {} }}\nauto_approve = true\n",
+            toml_str(&out.path().display().to_string())
+        ),
+    )?;
+    let sha = repo.commit_and_push("timestamps")?;
+    server
+        .create_stack(
+            stack_spec("clock", &repo.url(), "", "terraform", false),
+            vec![],
+            &sha,
+        )
+        .await?;
+    server.trigger("clock", pb::RunType::Tracked, &sha).await?;
+    let runs = version_runs(&server, "clock", 1, &["default"]).await?;
+    let run = wait_until(
+        "the capped run to end",
+        Duration::from_secs(300),
+        || async {
+            let r = server.get_run(&runs[0].id).await?;
+            Ok(matches!(state_of(&r), S::Failed | S::Finished).then_some(r))
+        },
+    )
+    .await?;
+    assert_eq!(state_of(&run), S::Failed, "{:?}", run.error);
+    assert_eq!(
+        run.error,
+        "did not converge after 2 cycles: the plan of cycle 3 still has changes"
+    );
+    assert_eq!(run.cycle, 3);
+    assert_eq!(
+        steps(&run),
+        [
+            (K::Plan, T::Success),
+            (K::Apply, T::Success),
+            (K::Plan, T::Success),
+            (K::Apply, T::Success),
+            (K::Plan, T::Failed),
+        ]
+    );
+    assert_eq!(
+        deployment(&server, "clock", "default").await?.lock_holder,
+        ""
+    );
+    Ok(())
+}
