@@ -1,11 +1,15 @@
-//! Many-stack reads and writes for a push that fans out to a whole repository: each is one
-//! statement whatever the number of stacks, the ids travelling as one JSON array parameter
-//! (`json_each`) rather than thousands of bound variables or statements.
+//! Many-stack reads and writes for a push that fans out to a whole repository, in a few
+//! statements whatever the number of stacks: ids travel as one JSON array parameter
+//! (`json_each`), rows as multi-row VALUES, rather than a statement (and a round trip to the
+//! connection's thread) per stack.
 
 use cairn_core::{Run, Stack};
 use cairn_store::{Result, StoreError};
 
 use super::{db, run_from, to_json, SqliteStore};
+
+/// Stacks per UPDATE: 4 bound values each, under SQLite's 32,766 variables.
+const STACK_ROWS_PER_UPDATE: usize = 5_000;
 
 impl SqliteStore {
     pub(crate) async fn fanout_unfinished_runs_of(&self, stack_ids: &[String]) -> Result<Vec<Run>> {
@@ -29,32 +33,45 @@ impl SqliteStore {
             return Ok(stacks);
         }
         let expected: Vec<i64> = stacks.iter().map(|s| s.version).collect();
-        let mut rows = Vec::with_capacity(stacks.len());
         let mut stored = Vec::with_capacity(stacks.len());
         for mut stack in stacks {
             stack.version += 1;
-            rows.push(serde_json::json!([
-                stack.id,
-                stack.version - 1,
-                to_json(&stack.labels)?,
-                to_json(&stack)?,
-            ]));
             stored.push(stack);
         }
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        let done = sqlx::query(
-            "UPDATE stacks
-                SET version = stacks.version + 1, labels = u.labels, doc = u.doc
-               FROM (SELECT value ->> 0 AS id, value ->> 1 AS expected,
-                            value ->> 2 AS labels, value ->> 3 AS doc
-                       FROM json_each(?1)) AS u
-              WHERE stacks.id = u.id AND stacks.version = u.expected",
-        )
-        .bind(to_json(&rows)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == stored.len() as u64 {
+        let mut updated = 0;
+        for (chunk, versions) in stored
+            .chunks(STACK_ROWS_PER_UPDATE)
+            .zip(expected.chunks(STACK_ROWS_PER_UPDATE))
+        {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (stack, expected) in chunk.iter().zip(versions) {
+                rows.push((
+                    stack.id.as_str(),
+                    *expected,
+                    to_json(&stack.labels)?,
+                    to_json(stack)?,
+                ));
+            }
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "UPDATE stacks SET version = stacks.version + 1, labels = u.column3, doc = u.column4
+                   FROM (",
+            );
+            q.push_values(rows, |mut b, (id, expected, labels, doc)| {
+                b.push_bind(id)
+                    .push_bind(expected)
+                    .push_bind(labels)
+                    .push_bind(doc);
+            });
+            q.push(") AS u WHERE stacks.id = u.column1 AND stacks.version = u.column2");
+            updated += q
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        }
+        if updated == stored.len() as u64 {
             tx.commit().await.map_err(db)?;
             return Ok(stored);
         }

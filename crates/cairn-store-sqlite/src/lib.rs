@@ -45,6 +45,8 @@ const READERS: u32 = 4;
 /// Log lines returned when the caller asks for 0, and the most ever returned by one read.
 const LOG_DEFAULT: u32 = 1_000;
 const LOG_MAX: u32 = 10_000;
+/// Runs per multi-row INSERT: 13 bound values each, under SQLite's 32,766 variables.
+const RUN_ROWS_PER_INSERT: usize = 2_000;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -549,46 +551,84 @@ impl Store for SqliteStore {
 
     async fn create_runs_dedup(&self, runs: Vec<Run>) -> Result<Vec<Dedup>> {
         let plan = DedupPlan::new(&runs);
-        let mut done: Vec<Option<Dedup>> = vec![None; runs.len()];
-        // IMMEDIATE: another process on the same file cannot slip in between an insert that
-        // found the key taken and the read of the run holding it.
+        if plan.firsts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Multi-row INSERTs of up to RUN_ROWS_PER_INSERT runs: a push into a monorepo creates
+        // thousands of runs, and a statement per run (a round trip to the connection's thread
+        // each) dominated it. IMMEDIATE: another process on the same file cannot slip in
+        // between the insert that found keys taken and the read of the runs holding them.
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        for &i in &plan.firsts {
-            let run = &runs[i];
-            let inserted = sqlx::query(
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in plan.firsts.chunks(RUN_ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO runs (id, stack_id, deployment, run_type, state, terminal, blocking,
-                                   prioritized, created_at, version, workflow_id, doc, dedup_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                 ON CONFLICT (dedup_key) DO NOTHING",
-            )
-            .bind(&run.id)
-            .bind(&run.stack_id)
-            .bind(&run.deployment)
-            .bind(run.run_type.as_str())
-            .bind(run.state.as_str())
-            .bind(run.state.is_terminal())
-            .bind(run.run_type.is_blocking())
-            .bind(run.prioritized)
-            .bind(run.created_at)
-            .bind(run.version)
-            .bind(&run.workflow_id)
-            .bind(to_json(run)?)
-            .bind(&plan.keys[i])
-            .execute(&mut *tx)
-            .await
-            .map_err(insert_err("run", &run.id, ("stack", &run.stack_id)))?;
-            done[i] = Some(if inserted.rows_affected() == 1 {
-                Dedup::Created(run.clone())
-            } else {
-                let row = sqlx::query("SELECT doc FROM runs WHERE dedup_key = ?1")
-                    .bind(&plan.keys[i])
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                Dedup::Existing(run_from(&row)?)
+                                   prioritized, created_at, version, workflow_id, doc, dedup_key) ",
+            );
+            let mut docs = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                docs.push(to_json(&runs[i])?);
+            }
+            q.push_values(chunk.iter().zip(docs), |mut b, (&i, doc)| {
+                let run = &runs[i];
+                b.push_bind(run.id.clone())
+                    .push_bind(run.stack_id.clone())
+                    .push_bind(run.deployment.clone())
+                    .push_bind(run.run_type.as_str())
+                    .push_bind(run.state.as_str())
+                    .push_bind(run.state.is_terminal())
+                    .push_bind(run.run_type.is_blocking())
+                    .push_bind(run.prioritized)
+                    .push_bind(run.created_at)
+                    .push_bind(run.version)
+                    .push_bind(run.workflow_id.clone())
+                    .push_bind(doc)
+                    .push_bind(plan.keys[i].clone());
             });
+            q.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id");
+            match q.build_query_scalar::<String>().fetch_all(&mut *tx).await {
+                Ok(ids) => inserted.extend(ids),
+                Err(e) => {
+                    drop(tx);
+                    return Err(self.batch_insert_err(e, &runs, &plan.firsts).await);
+                }
+            }
+        }
+        let taken: Vec<&str> = plan
+            .firsts
+            .iter()
+            .filter(|&&i| !inserted.contains(&runs[i].id))
+            .map(|&i| plan.keys[i].as_str())
+            .collect();
+        let mut existing = std::collections::HashMap::new();
+        if !taken.is_empty() {
+            let rows = sqlx::query(
+                "SELECT dedup_key, doc FROM runs
+                  WHERE dedup_key IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(to_json(&taken)?)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            for row in &rows {
+                existing.insert(get::<String>(row, "dedup_key")?, run_from(row)?);
+            }
         }
         tx.commit().await.map_err(db)?;
+        let mut done: Vec<Option<Dedup>> = vec![None; runs.len()];
+        for &i in &plan.firsts {
+            done[i] = Some(if inserted.contains(&runs[i].id) {
+                Dedup::Created(runs[i].clone())
+            } else {
+                let run = existing.remove(&plan.keys[i]).ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "run {} was neither inserted nor found by its dedup key {}",
+                        runs[i].id, plan.keys[i]
+                    ))
+                })?;
+                Dedup::Existing(run)
+            });
+        }
         Ok(plan.finish(done))
     }
 
@@ -1282,6 +1322,38 @@ impl Store for SqliteStore {
 impl SqliteStore {
     /// Whether `sql` (selecting by one id) finds a row. Asked on the writer, after a write that
     /// matched nothing, so that it sees the state that write saw.
+    /// What a failed batch insert of `runs[firsts]` means, as the single-run insert would
+    /// say it: the first run whose stack is missing (NotFound) or whose id is taken.
+    async fn batch_insert_err(&self, e: sqlx::Error, runs: &[Run], firsts: &[usize]) -> StoreError {
+        let (sql, kind): (&str, &'static str) = if is_foreign_key(&e) {
+            ("SELECT 1 FROM stacks WHERE id = ?1", "stack")
+        } else if is_unique(&e) {
+            ("SELECT 1 FROM runs WHERE id = ?1", "run")
+        } else {
+            return db(e);
+        };
+        for &i in firsts {
+            let id = if kind == "stack" {
+                &runs[i].stack_id
+            } else {
+                &runs[i].id
+            };
+            let found = sqlx::query(sql).bind(id).fetch_optional(&self.write).await;
+            match (kind, found) {
+                ("stack", Ok(None)) => return StoreError::not_found("stack", id.clone()),
+                ("run", Ok(Some(_))) => {
+                    return StoreError::AlreadyExists {
+                        kind: "run",
+                        id: id.clone(),
+                    }
+                }
+                (_, Err(e)) => return db(e),
+                _ => {}
+            }
+        }
+        db(e)
+    }
+
     async fn exists(&self, sql: &'static str, id: &str) -> Result<bool> {
         Ok(sqlx::query(sql)
             .bind(id)
