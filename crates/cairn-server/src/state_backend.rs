@@ -15,10 +15,12 @@
 //! Callers authenticate with HTTP basic auth: username `run:<run id>` and the password handed
 //! out in one of that run's leases. The password is the lease id sealed (AES-GCM) by the master
 //! key with the run id as associated data, so any replica sharing the key can check it and
-//! nothing is stored. It lives exactly as long as its lease: accepted while the lease exists and
-//! its worker heartbeats (a stopped run's Terraform may still be writing its last state), refused
-//! once the lease ended or expired; the next lease (apply after plan) brings a new one. A run may
-//! only reach its own stack and deployment; proposed runs may only read.
+//! nothing is stored. It is short-lived: accepted only while the run holds a live lease (one
+//! whose worker heartbeats; a stopped run's Terraform may still be writing its last state), so
+//! it is dead while a run waits for confirmation and after the run's last lease. It does come
+//! back to life for the apply lease of the same run, because Terraform applies a saved plan
+//! with the backend settings recorded in the plan, i.e. with the planning lease's password. A
+//! run may only reach its own stack and deployment; proposed runs may only read.
 //!
 //! A lock records its holder: the run, the worker of that run's lease, and Terraform's own
 //! `Who`; a refused lock request gets the holder's lock info (Terraform's document, Cairn's run
@@ -339,23 +341,25 @@ async fn authenticate(
         ))
     };
     let (run_id, password) = basic_credentials(headers).ok_or_else(unauthorized)?;
-    let lease_id = password_lease(state, &run_id, &password).ok_or_else(unauthorized)?;
-    let expired = || {
-        Box::new(plain(
-            StatusCode::UNAUTHORIZED,
-            "the run's state credentials expired with its lease",
-        ))
-    };
-    let lease = match state.store.get_lease(&lease_id).await {
-        Ok(lease) => lease,
-        Err(StoreError::NotFound { .. }) => return Err(expired()),
+    let sealed_lease = password_lease(state, &run_id, &password).ok_or_else(unauthorized)?;
+    let timeout = i64::try_from(state.config.lease_timeout.as_nanos()).unwrap_or(i64::MAX);
+    let now = cairn_core::now_nanos();
+    // An expired lease not yet swept by the scheduler is already over.
+    let mut live: Vec<Lease> = match state.store.list_leases().await {
+        Ok(leases) => leases
+            .into_iter()
+            .filter(|l| l.run_id == run_id && !l.is_expired(now, timeout))
+            .collect(),
         Err(e) => return Err(Box::new(internal(e))),
     };
-    let timeout = i64::try_from(state.config.lease_timeout.as_nanos()).unwrap_or(i64::MAX);
-    // An expired lease not yet swept by the scheduler is already over.
-    if lease.run_id != run_id || lease.is_expired(cairn_core::now_nanos(), timeout) {
-        return Err(expired());
-    }
+    // The lease the password came with if it is still on, else the run's current one.
+    live.sort_by_key(|l| l.id != sealed_lease);
+    let Some(lease) = live.into_iter().next() else {
+        return Err(Box::new(plain(
+            StatusCode::UNAUTHORIZED,
+            "the run's state credentials expired: the run holds no lease",
+        )));
+    };
     let run = match state.store.get_run(&run_id).await {
         Ok(run) => run,
         Err(StoreError::NotFound { .. }) => return Err(unauthorized()),

@@ -533,8 +533,11 @@ fn encrypt(key: &[u8], plain: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Credentials work only while the run holds a lease: not while it waits for confirmation,
+/// again during its apply lease (Terraform applies a saved plan with the planning lease's
+/// password, recorded in the plan), and never after its last lease.
 #[tokio::test]
-async fn credentials_live_as_long_as_their_lease() {
+async fn credentials_work_only_while_the_run_holds_a_lease() {
     let f = fixture(Duration::from_secs(60)).await;
     let s = &f.server;
     let mut agent = TestAgent::connect(s, 1).await;
@@ -542,15 +545,17 @@ async fn credentials_live_as_long_as_their_lease() {
     let plan_lease = agent.lease().await;
     let plan = Creds::of(&plan_lease);
     let plan_auth = Some((plan.username.as_str(), plan.password.as_str()));
-    assert_eq!(
-        http(s.addr, "GET", &plan.path(), plan_auth, b"", &[])
-            .await
-            .status,
-        204
-    );
+    let get = |auth: Option<(&str, &str)>| {
+        let path = plan.path();
+        let auth = auth.map(|(u, p)| (u.to_string(), p.to_string()));
+        async move {
+            let auth = auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+            http(s.addr, "GET", &path, auth, b"", &[]).await
+        }
+    };
+    assert_eq!(get(plan_auth).await.status, 204);
 
-    // The plan ends (workspace stored): the run waits for confirmation, its plan credentials
-    // are over although the run is not.
+    // The plan ends (workspace stored): the run waits for confirmation without a lease.
     agent.plan_through(&plan_lease, &["cairntest_file.a"]).await;
     let stored = agent
         .upload(
@@ -569,11 +574,11 @@ async fn credentials_live_as_long_as_their_lease() {
         )
         .await;
     s.wait_state(&run.id, pb::RunState::Unconfirmed).await;
-    let refused = http(s.addr, "GET", &plan.path(), plan_auth, b"", &[]).await;
+    let refused = get(plan_auth).await;
     assert_eq!(refused.status, 401, "{}", refused.body);
     assert!(refused.body.contains("expired"), "{}", refused.body);
 
-    // The apply lease brings its own credentials; the plan's stay refused.
+    // The apply lease: its own password works, and so does the plan's again.
     s.runs(&s.admin)
         .confirm_run(pb::ConfirmRunRequest {
             run_id: run.id.clone(),
@@ -584,25 +589,22 @@ async fn credentials_live_as_long_as_their_lease() {
     assert_eq!(apply_lease.kind(), apb::JobKind::Apply);
     let apply = Creds::of(&apply_lease);
     assert_ne!(apply.password, plan.password);
-    assert_eq!(
-        http(
-            s.addr,
-            "GET",
-            &apply.path(),
-            Some((&apply.username, &apply.password)),
-            b"",
-            &[]
-        )
-        .await
-        .status,
-        204
-    );
-    assert_eq!(
-        http(s.addr, "GET", &plan.path(), plan_auth, b"", &[])
-            .await
-            .status,
-        401
-    );
+    let apply_auth = Some((apply.username.as_str(), apply.password.as_str()));
+    assert_eq!(get(apply_auth).await.status, 204);
+    assert_eq!(get(plan_auth).await.status, 204);
+
+    // The run ends: neither works any more.
+    agent.apply_ok(&apply_lease).await;
+    s.wait_state(&run.id, pb::RunState::Finished).await;
+    let mut statuses = (0, 0);
+    for _ in 0..500 {
+        statuses = (get(plan_auth).await.status, get(apply_auth).await.status);
+        if statuses == (401, 401) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(statuses, (401, 401));
 }
 
 /// A real Terraform apply that hangs while it holds the state lock (its resource writes into a
