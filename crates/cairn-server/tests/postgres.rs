@@ -61,3 +61,28 @@ async fn a_tracked_run_goes_from_trigger_to_apply_on_postgres() {
     agent.apply_ok(&apply).await;
     s.wait_state(&run.id, pb::RunState::Finished).await;
 }
+
+/// Two replicas on one PostgreSQL schema (each with its own connection pool, sharing the data
+/// directory for the master key) working through the same deliveries at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_postgres_create_one_run_per_commit() {
+    let Some(url) = database_url() else {
+        eprintln!("CAIRN_SKIP_PG=1: PostgreSQL test skipped");
+        return;
+    };
+    let schema = format!("cairn_server_{}", uuid::Uuid::new_v4().simple());
+    let connect = || async {
+        Arc::new(
+            cairn_store_postgres::PostgresStore::connect_in_schema(&url, &schema)
+                .await
+                .unwrap(),
+        )
+    };
+    let a = TestServer::start_on(Duration::from_secs(30), Some(connect().await)).await;
+    let b = cairn_server::Server::builder(config(a.dir.path(), Duration::from_secs(30)))
+        .store(connect().await)
+        .build()
+        .await
+        .unwrap();
+    replicas::replicas_process_the_same_events(&[&a.state, &b.state()], 12).await;
+}

@@ -1345,3 +1345,15 @@ async fn pull_request_diffs_come_from_a_fetched_url_and_its_pull_ref() {
         "{n:?}"
     );
 }
+
+/// Two server processes on one SQLite file (two servers on one data directory here: the same
+/// database, master key and repositories cache) working through the same deliveries at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_database_create_one_run_per_commit() {
+    let a = TestServer::start().await;
+    let b = cairn_server::Server::builder(common::config(a.dir.path(), Duration::from_secs(30)))
+        .build()
+        .await
+        .unwrap();
+    common::replicas::replicas_process_the_same_events(&[&a.state, &b.state()], 12).await;
+}

@@ -19,6 +19,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+pub mod replicas;
+
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
