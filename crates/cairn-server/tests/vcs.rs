@@ -1357,3 +1357,55 @@ async fn two_replicas_on_one_database_create_one_run_per_commit() {
         .unwrap();
     common::replicas::replicas_process_the_same_events(&[&a.state, &b.state()], 12).await;
 }
+
+/// A GitLab note on a merge request is a comment-driven action too: Spacelift's unlock example,
+/// with GitLab's merge request snapshot (no earlier event needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_merge_request_note_unlocks_through_the_push_policy() {
+    let server = TestServer::start().await;
+    integration(&server, "gl", pb::VcsProvider::Gitlab).await;
+    stack(&server, "s", "platform/infrastructure", "main", "", "gl").await;
+    push_policy(
+        &server,
+        "unlock-by-comment",
+        r#"package spacelift
+
+lock_id := sprintf("MR_%d", [input.pull_request.id])
+
+unlock := lock_id {
+    input.pull_request.action == "commented"
+    input.pull_request.comment == concat(" ", ["/cairn", "unlock", input.stack.id])
+}
+"#,
+        &["s"],
+    )
+    .await;
+    let mut locked = server.state.store.get_stack("s").await.unwrap();
+    locked.locked_by = "MR_1".into();
+    server.state.store.update_stack(locked).await.unwrap();
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cairn-vcs/tests/fixtures/gitlab/note_merge_request.json");
+    let mut note: Value = serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
+    note["object_attributes"]["note"] = Value::from("/cairn unlock s");
+    let body = serde_json::to_vec(&note).unwrap();
+    let headers = vec![
+        ("X-Gitlab-Event", "Note Hook".to_string()),
+        ("X-Gitlab-Token", SECRET.to_string()),
+        ("X-Gitlab-Event-UUID", "note-1".to_string()),
+    ];
+    let (status, text) = post(server.addr, "/webhooks/gitlab/gl", &headers, &body).await;
+    assert_eq!(status, 202, "{text}");
+    settled(&server).await;
+    assert_eq!(
+        server.state.store.get_stack("s").await.unwrap().locked_by,
+        ""
+    );
+    let inputs = sampled_inputs(&server, "unlock-by-comment").await;
+    assert_eq!(inputs.len(), 1);
+    let pr = &inputs[0]["pull_request"];
+    assert_eq!(pr["action"], "commented");
+    assert_eq!(pr["comment"], "/cairn unlock s");
+    assert_eq!(pr["id"], 1);
+    assert_eq!(pr["head"]["branch"], "ms-viewport");
+}
