@@ -240,7 +240,16 @@ use pb::StepState as T;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_converge_in_approval_order_and_removal_destroys() -> Result<()> {
     let server = TestServer::start(ServerOptions::default()).await?;
-    let _agent = AgentProcess::start(&server, AgentOptions::named("deployments")).await?;
+    // Room for more jobs than ever run at once: the agent counts a job until its plugin has
+    // exited, a little after the control plane has ended the lease.
+    let _agent = AgentProcess::start(
+        &server,
+        AgentOptions {
+            max_jobs: 6,
+            ..AgentOptions::named("deployments")
+        },
+    )
+    .await?;
     let out = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
     let dev_dir: PathBuf = out.path().join("dev");
     let prod_dir: PathBuf = out.path().join("prod");
@@ -488,30 +497,61 @@ async fn deployments_converge_in_approval_order_and_removal_destroys() -> Result
     assert!(conv.converged, "dev is removed, prod is at 3: {conv:?}");
     assert_eq!(conv.latest_config_version, 3);
 
-    read_state(&server, "app", "prod", "prod-2").await?;
+    read_state(&server, "app", "prod", &[prod2.id.as_str()], "prod-2").await?;
     Ok(())
 }
 
-/// State versions and outputs of a deployment, read from the store the server wrote (its
-/// SQLite file).
-async fn read_state(server: &TestServer, stack: &str, deployment: &str, label: &str) -> Result<()> {
-    use cairn_store::Store as _;
-    let store = cairn_store_sqlite::SqliteStore::open(&server.data_dir.join("cairn.db"))
-        .await
-        .map_err(|e| Error::Check(format!("opening the store: {e}")))?;
-    let versions = store
-        .list_state_versions(stack, deployment, &cairn_store::Page::first(50))
-        .await
-        .map_err(|e| Error::Check(e.to_string()))?;
-    assert!(
-        versions.items.len() >= 2,
-        "one state version per apply at least: {}",
-        versions.items.len()
+/// State versions and outputs of a deployment over gRPC (StateService).
+async fn read_state(
+    server: &TestServer,
+    stack: &str,
+    deployment: &str,
+    runs: &[&str],
+    label: &str,
+) -> Result<()> {
+    let key: tonic::metadata::MetadataValue<_> = format!("Bearer {}", server.admin_key)
+        .parse()
+        .map_err(|_| Error::Setup("the admin key is not a header value".into()))?;
+    let mut client = pb::state_service_client::StateServiceClient::with_interceptor(
+        server.channel.clone(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", key.clone());
+            Ok(req)
+        },
     );
-    let current = &versions.items[0];
-    let outputs: serde_json::Value = serde_json::from_str(&current.outputs_json)
-        .map_err(|e| Error::Check(format!("outputs: {e}")))?;
-    assert_eq!(outputs["label"]["value"], label, "{outputs}");
+    let versions = client
+        .list_state_versions(pb::ListStateVersionsRequest {
+            stack_id: stack.into(),
+            deployment: deployment.into(),
+            page: None,
+        })
+        .await?
+        .into_inner()
+        .versions;
+    // Every apply of the deployment's runs wrote a version, newest first.
+    let writers: Vec<&str> = versions.iter().map(|v| v.created_by_run.as_str()).collect();
+    for run in runs {
+        assert!(
+            writers.contains(run),
+            "{run} wrote no state version: {writers:?}"
+        );
+    }
+    let serials: Vec<i64> = versions.iter().map(|v| v.serial).collect();
+    assert!(serials.windows(2).all(|w| w[0] > w[1]), "{serials:?}");
+    let outputs = client
+        .get_outputs(pb::GetOutputsRequest {
+            stack_id: stack.into(),
+            deployment: deployment.into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(outputs.serial, serials[0]);
+    let label_out = outputs
+        .outputs
+        .iter()
+        .find(|o| o.name == "label")
+        .ok_or_else(|| Error::Check(format!("no output label: {:?}", outputs.outputs)))?;
+    assert_eq!(label_out.value_json, toml_str(label));
     Ok(())
 }
 

@@ -952,8 +952,10 @@ impl Session {
             } else {
                 ""
             };
-            // A deployment run plans again after each apply; an empty plan finishes it.
-            let event = if run.is_deployment_run() {
+            // A deployment run plans again after each apply; an empty plan finishes it. A
+            // destroy has nothing to converge to (and Terraform keeps planning the removal of
+            // outputs that are gone): its apply ends it.
+            let event = if run.is_deployment_run() && run.mode != RunMode::Destroy {
                 RunEvent::Cycle
             } else {
                 RunEvent::FinishApply

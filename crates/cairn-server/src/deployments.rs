@@ -24,7 +24,7 @@
 //!   it when it reaches a terminal state.
 //! - Cycles: a successful apply moves the run to REPLAN_REQUESTED (event `Cycle`) and it plans
 //!   again in a new lease; an empty plan finishes it (converged). A plan that still has changes
-//!   after `deployments.max_cycles` applies fails it.
+//!   after `deployments.max_cycles` applies fails it. A DESTROY run ends with its apply.
 //! - Destroy: `destroy = true` makes the deployment's runs DESTROY runs; a removed deployment
 //!   gets a DESTROY run built from the last configuration version that contained it, and is
 //!   marked removed once that run finishes.
