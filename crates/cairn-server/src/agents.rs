@@ -1206,7 +1206,21 @@ async fn lease_run(
     let lease_id = cairn_core::ids::new_id("lease");
     let env = crate::state_backend::with_lease_env(state, run, stack, &lease_id, env)?;
     let env = crate::deployments::lease_env(state, run, kind == apb::JobKind::Apply, env).await?;
-    let variables = crate::deployments::lease_variables(state, run).await?;
+    let mut variables = crate::deployments::lease_variables(state, run).await?;
+    // Upstream outputs are read when the run plans; an apply uses the saved plan's values.
+    let upstream = if kind == apb::JobKind::Apply {
+        Ok(Default::default())
+    } else {
+        crate::upstream::resolve_inputs(state, run).await?
+    };
+    let upstream: crate::upstream::Resolved = match upstream {
+        Ok(resolved) => resolved,
+        Err(reason) => {
+            crate::upstream::fail_unresolved(state, run, event, &reason).await;
+            return Ok(());
+        }
+    };
+    variables.extend(upstream.variables);
     let workspace_key = match kind {
         apb::JobKind::Apply => state.artifacts.data_key(&state.master_key, &run.id).await?,
         _ => {
@@ -1222,6 +1236,7 @@ async fn lease_run(
         .iter()
         .filter(|v| v.secret && !v.value.is_empty())
         .map(|v| v.value.clone())
+        .chain(upstream.secrets)
         .collect();
     let (tx, agent_name) = {
         let mut map = state.agents.lock();

@@ -263,6 +263,7 @@ impl Server {
         // Also processes what a previous process stored but did not process.
         let vcs_tasks = crate::vcs::spawn(self.state.clone());
         let notifications = tokio::spawn(crate::notify::run_loop(self.state.clone()));
+        let upstream = tokio::spawn(crate::upstream::run_loop(self.state.clone()));
         let token = self.state.shutdown.clone();
         let stop = async move {
             shutdown.await;
@@ -281,6 +282,7 @@ impl Server {
             let _ = t.await;
         }
         let _ = notifications.await;
+        let _ = upstream.await;
         served.map_err(|e| ServerError::io("serving", e))
     }
 }

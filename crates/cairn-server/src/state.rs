@@ -35,6 +35,8 @@ pub struct AppState {
     pub wake: Notify,
     pub shutdown: CancellationToken,
     pub state_backend: crate::state_backend::StateBackend,
+    /// Changed state outputs on their way to the deployments that consume them.
+    pub upstream: crate::upstream::Queue,
     /// Webhook deliveries and the plain-Git poller.
     pub vcs: crate::vcs::Vcs,
     /// Next log seq per active run; lines are numbered here so that agent lines and the
@@ -64,6 +66,7 @@ impl AppState {
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
             state_backend: Default::default(),
+            upstream: Default::default(),
             vcs: Default::default(),
             log_seq: Default::default(),
             traceparents: Default::default(),
