@@ -1058,20 +1058,6 @@ propose { input.pull_request.action == "opened" }
         .any(|n| n.contains("does not start with /spacelift or /cairn")));
     assert_eq!(sampled_inputs(&server, "comments").await.len(), before);
 
-    // A comment on a pull request no event was received for: nothing to evaluate it against.
-    assert!(ingest(
-        &server,
-        "issue_comment",
-        "c-5",
-        &pr_comment(99, "/spacelift deploy s")
-    )
-    .await
-    .is_empty());
-    assert!(notes(&server, "c-5")
-        .await
-        .iter()
-        .any(|n| n.contains("pull request 99") && n.contains("head is unknown")));
-
     // What the policy saw for the first comment: Spacelift's comment-driven input.
     let inputs = sampled_inputs(&server, "comments").await;
     let seen = inputs
@@ -1408,4 +1394,109 @@ unlock := lock_id {
     assert_eq!(pr["comment"], "/cairn unlock s");
     assert_eq!(pr["id"], 1);
     assert_eq!(pr["head"]["branch"], "ms-viewport");
+}
+
+/// A comment on a pull request Cairn has no event of (opened before the integration existed):
+/// the pull request is read from the integration's GitHub API, as Spacelift's GitHub App does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_on_an_unseen_pull_request_reads_it_from_the_github_api() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "-b", "changes"]);
+    let head = commit(&work, "network/vpc.tf", "# vpc\n", "add vpc");
+    git(&work, &["push", "--quiet", "origin", "changes"]);
+
+    // The fake API answers GET /pulls/2 with the octokit example's pull request object, which
+    // is what GitHub's REST API returns; it records the Authorization header of each call.
+    let pr_object = pull_request("opened", &repo, &head, &base)["pull_request"].clone();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/api/v3/repos/local/infra/pulls/{number}",
+            axum::routing::get(
+                move |axum::extract::Path(number): axum::extract::Path<u64>,
+                      headers: axum::http::HeaderMap| {
+                    let seen = seen.clone();
+                    let pr_object = pr_object.clone();
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        seen.lock().unwrap().push((number.to_string(), auth));
+                        if number == 2 {
+                            (axum::http::StatusCode::OK, pr_object.to_string())
+                        } else {
+                            (axum::http::StatusCode::NOT_FOUND, "{}".to_string())
+                        }
+                    }
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/api/v3", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    vcs(&server)
+        .create_integration(pb::CreateIntegrationRequest {
+            integration: Some(pb::Integration {
+                id: "gh".into(),
+                provider: pb::VcsProvider::Github as i32,
+                api_base_url: api,
+                webhook_secret: SECRET.into(),
+                token: "ghp_reader".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    stack(&server, "s", &repo, "main", "network", "gh").await;
+    push_policy(
+        &server,
+        "deploy-by-comment",
+        r#"package spacelift
+
+track {
+    input.pull_request.action == "commented"
+    input.pull_request.comment == concat(" ", ["/spacelift", "deploy", input.stack.id])
+}
+"#,
+        &["s"],
+    )
+    .await;
+
+    let ran = ingest(
+        &server,
+        "issue_comment",
+        "c-api",
+        &pr_comment(2, "/spacelift deploy s"),
+    )
+    .await;
+    assert_eq!(ran.len(), 1, "{:?}", notes(&server, "c-api").await);
+    let run = server.get_run(&ran[0]).await;
+    assert_eq!(run.r#type, pb::RunType::Tracked as i32);
+    assert_eq!(run.commit.as_ref().unwrap().hash, head);
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [("2".to_string(), "Bearer ghp_reader".to_string())]
+    );
+
+    // A pull request GitHub does not know: nothing to evaluate, said so.
+    assert!(ingest(
+        &server,
+        "issue_comment",
+        "c-404",
+        &pr_comment(9, "/spacelift deploy s")
+    )
+    .await
+    .is_empty());
+    assert!(notes(&server, "c-404")
+        .await
+        .iter()
+        .any(|n| n.contains("pull request 9") && n.contains("head is unknown")));
 }

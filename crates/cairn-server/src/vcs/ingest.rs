@@ -354,13 +354,74 @@ async fn known_pull_request(
         .get_pull_request(integration_id, &c.repository.full_name, number)
         .await?
     else {
-        return Ok(None);
+        // Opened before Cairn saw it: ask GitHub, as a pull_request event would have told.
+        let pr = fetch_pull_request(state, integration_id, c).await;
+        if let Some(pr) = &pr {
+            remember_pull_request(state, integration_id, pr).await;
+        }
+        return Ok(pr);
     };
     match serde_json::from_str::<PullRequestEvent>(&rec.event_json) {
         Ok(pr) => Ok(Some(pr)),
         Err(e) => {
             tracing::warn!(pull_request = c.pr_number, error = %e, "stored pull request unreadable");
             Ok(None)
+        }
+    }
+}
+
+/// `GET /repos/{owner}/{repo}/pulls/{number}` at the integration's GitHub API, read as the
+/// `pull_request` object of a webhook (the API returns the same object). `None`, logged, when
+/// the integration has no API token or GitHub does not answer with the pull request.
+async fn fetch_pull_request(
+    state: &AppState,
+    integration_id: &str,
+    c: &CommentEvent,
+) -> Option<PullRequestEvent> {
+    let api = super::lookup::github_api(state, integration_id).await?;
+    let url = format!(
+        "{}/repos/{}/pulls/{}",
+        api.api_base_url.trim_end_matches('/'),
+        c.repository.full_name,
+        c.pr_number
+    );
+    let answer = state
+        .notifier
+        .client()
+        .get(&url)
+        .bearer_auth(&api.token)
+        .header("accept", "application/vnd.github+json")
+        .header("x-github-api-version", "2022-11-28")
+        .send()
+        .await
+        .and_then(|r| r.error_for_status());
+    let body: serde_json::Value = match answer {
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "GitHub pull request unreadable");
+                return None;
+            }
+        },
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "GitHub pull request not fetched");
+            return None;
+        }
+    };
+    let payload = serde_json::json!({
+        // Any action the parser knows: the comment's own (`commented`) replaces it.
+        "action": "synchronize",
+        "number": c.pr_number,
+        "repository": body["base"]["repo"].clone(),
+        "pull_request": body,
+    });
+    let bytes = serde_json::to_vec(&payload).ok()?;
+    match cairn_vcs::parse(Provider::GitHub, "pull_request", &bytes) {
+        Ok(VcsEvent::PullRequest(pr)) => Some(*pr),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "GitHub pull request not understood");
+            None
         }
     }
 }

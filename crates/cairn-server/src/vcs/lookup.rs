@@ -34,50 +34,55 @@ impl IntegrationLookup {
     }
 }
 
+/// The GitHub API of integration `id` with its unsealed token; `None` (logged) when the
+/// integration is missing, not GitHub, or has no usable token.
+pub async fn github_api(state: &AppState, id: &str) -> Option<GithubApi> {
+    if id.is_empty() {
+        return None;
+    }
+    let integration = match state.store.get_vcs_integration(id).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(integration.id = %id, error = %e, "VCS integration unavailable; no GitHub API");
+            return None;
+        }
+    };
+    if !integration.provider.eq_ignore_ascii_case("GITHUB") {
+        return None;
+    }
+    let token = match super::unseal(state, &integration.id, "token", &integration.token) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(integration.id = %id, error = %e, "integration token not readable; no GitHub API");
+            return None;
+        }
+    };
+    let token = match String::from_utf8(token) {
+        Ok(t) if !t.is_empty() => t,
+        Ok(_) => {
+            tracing::debug!(integration.id = %id, "GitHub integration has no token; no GitHub API");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(integration.id = %id, "integration token is not UTF-8; no GitHub API");
+            return None;
+        }
+    };
+    let api_base_url = match integration.api_base_url.trim() {
+        "" => GITHUB_API_DEFAULT.to_string(),
+        url => url.to_string(),
+    };
+    Some(GithubApi {
+        api_base_url,
+        token,
+    })
+}
+
 #[async_trait]
 impl VcsLookup for IntegrationLookup {
     async fn github(&self, stack: &Stack) -> Option<GithubApi> {
         let state = self.state.upgrade()?;
-        let id = stack.vcs_integration_id.as_str();
-        if id.is_empty() {
-            return None;
-        }
-        let integration = match state.store.get_vcs_integration(id).await {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(stack.id = %stack.id, integration.id = %id, error = %e, "stack's VCS integration unavailable; no commit statuses");
-                return None;
-            }
-        };
-        if !integration.provider.eq_ignore_ascii_case("GITHUB") {
-            return None;
-        }
-        let token = match super::unseal(&state, &integration.id, "token", &integration.token) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(integration.id = %id, error = %e, "integration token not readable; no commit statuses");
-                return None;
-            }
-        };
-        let token = match String::from_utf8(token) {
-            Ok(t) if !t.is_empty() => t,
-            Ok(_) => {
-                tracing::debug!(integration.id = %id, "GitHub integration has no token; no commit statuses");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(integration.id = %id, "integration token is not UTF-8; no commit statuses");
-                return None;
-            }
-        };
-        let api_base_url = match integration.api_base_url.trim() {
-            "" => GITHUB_API_DEFAULT.to_string(),
-            url => url.to_string(),
-        };
-        Some(GithubApi {
-            api_base_url,
-            token,
-        })
+        github_api(&state, &stack.vcs_integration_id).await
     }
 
     async fn pull_request(&self, run: &Run) -> Option<u64> {
