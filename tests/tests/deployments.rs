@@ -615,3 +615,258 @@ async fn a_run_that_never_converges_fails_at_the_cycle_cap() -> Result<()> {
     );
     Ok(())
 }
+
+fn code_of<T: std::fmt::Debug>(r: std::result::Result<T, tonic::Status>) -> (tonic::Code, String) {
+    let e = r.expect_err("the request must be refused");
+    (e.code(), e.message().to_string())
+}
+
+/// Bad deployment input is refused naming the field and the reason, and nothing is stored;
+/// API deployments make a stack a deployment stack; a broken cairn.toml fails the run that
+/// would have become deployment runs, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deployment_input_is_refused_and_nothing_is_stored() -> Result<()> {
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let repo = GitRepo::new()?;
+    repo.write("main.tf", "# nothing\n")?;
+    let sha = repo.commit_and_push("empty")?;
+    server
+        .create_stack(
+            stack_spec("api", &repo.url(), "", "terraform", false),
+            vec![],
+            &sha,
+        )
+        .await?;
+    let create = |name: &str, inputs: &[(&str, &str)]| pb::CreateDeploymentRequest {
+        stack_id: "api".into(),
+        name: name.into(),
+        inputs: inputs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut d = server.deployments();
+    for bad in ["Prod", "1st", "", "prod.eu", "-x"] {
+        let (code, msg) = code_of(d.create_deployment(create(bad, &[])).await);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{bad:?}: {msg}");
+        assert!(msg.starts_with("invalid name: "), "{msg}");
+    }
+    let (code, msg) = code_of(
+        d.create_deployment(create("dev", &[("region", "eu")]))
+            .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.starts_with("invalid inputs.region: not JSON"), "{msg}");
+    let (code, msg) = code_of(d.create_deployment(create("dev", &[("1x", "1")])).await);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.contains("inputs.1x"), "{msg}");
+    let (code, msg) = code_of(
+        d.create_deployment(create(
+            "dev",
+            &[("vpc", r#"{"stack":"","deployment":"prod","output":"id"}"#)],
+        ))
+        .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.contains("inputs.vpc.stack"), "{msg}");
+    let listed = |d: pb::ListDeploymentsResponse| d.deployments.len();
+    let list = pb::ListDeploymentsRequest {
+        stack_id: "api".into(),
+    };
+    assert_eq!(
+        listed(d.list_deployments(list.clone()).await?.into_inner()),
+        0
+    );
+
+    // A good one, then the same name again: it collides.
+    let dev = d
+        .create_deployment(create("dev", &[("region", "\"eu\""), ("replicas", "3")]))
+        .await?
+        .into_inner()
+        .deployment
+        .unwrap_or_default();
+    assert_eq!(dev.inputs["region"], "\"eu\"");
+    assert_eq!(dev.declared_in, "api");
+    let (code, msg) = code_of(d.create_deployment(create("dev", &[])).await);
+    assert_eq!(code, tonic::Code::AlreadyExists, "{msg}");
+    assert!(msg.contains("collides"), "{msg}");
+    assert_eq!(
+        listed(d.list_deployments(list.clone()).await?.into_inner()),
+        1
+    );
+    let (code, _) = code_of(
+        d.create_deployment(pb::CreateDeploymentRequest {
+            stack_id: "nope".into(),
+            name: "dev".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(code, tonic::Code::NotFound);
+    let (code, msg) = code_of(
+        d.update_deployment(pb::UpdateDeploymentRequest {
+            stack_id: "api".into(),
+            name: "dev".into(),
+            update_mask: vec!["colour".into()],
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.starts_with("invalid update_mask[0]"), "{msg}");
+
+    // The stack now uses deployment runs: a manual fetch makes version 1 with a run for dev.
+    let made = d
+        .create_configuration_version(pb::CreateConfigurationVersionRequest {
+            stack_id: "api".into(),
+            commit_sha: String::new(),
+        })
+        .await?
+        .into_inner();
+    let v1 = made.configuration_version.unwrap_or_default();
+    assert_eq!((v1.seq, v1.commit_sha.as_str()), (1, sha.as_str()));
+    assert_eq!(v1.source, pb::ConfigSource::Manual as i32);
+    assert_eq!(made.run_ids.len(), 1);
+    let run = server.get_run(&made.run_ids[0]).await?;
+    assert_eq!((run.deployment.as_str(), run.config_version), ("dev", 1));
+
+    // Changing inputs is a new version (source INPUTS) with one run per deployment.
+    let updated = d
+        .update_deployment(pb::UpdateDeploymentRequest {
+            stack_id: "api".into(),
+            name: "dev".into(),
+            inputs: [("region".to_string(), "\"us\"".to_string())].into(),
+            update_mask: vec!["inputs".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let v2 = updated.configuration_version.unwrap_or_default();
+    assert_eq!((v2.seq, v2.source), (2, pb::ConfigSource::Inputs as i32));
+    assert_eq!(v2.deployments[0].inputs["region"], "\"us\"");
+    assert_eq!(updated.run_ids.len(), 1);
+
+    // A malformed cairn.toml: the tracked run that would have become deployment runs fails,
+    // naming the file; no version is made.
+    repo.write("cairn.toml", "[deployments.Dev]\n")?;
+    let bad = repo.commit_and_push("bad cairn.toml")?;
+    server.sync("api", &bad).await?;
+    let run = server.trigger("api", pb::RunType::Tracked, &bad).await?;
+    let run = wait_until("the run to fail", WAIT, || async {
+        let r = server.get_run(&run.id).await?;
+        Ok((state_of(&r) == S::Failed).then_some(r))
+    })
+    .await?;
+    assert!(
+        run.error.contains("cairn.toml: deployments.Dev"),
+        "the error names the file and the table: {:?}",
+        run.error
+    );
+    assert_eq!(versions(&server, "api").await?.len(), 2, "no version made");
+    Ok(())
+}
+
+/// Approving the older of two pending plans keeps the newer one: once the older version is
+/// applied, the newer plan is re-run in full (ReplanRun without targets), approved and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_plans_stay_rerunnable_after_an_older_one_is_approved() -> Result<()> {
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let _agent = AgentProcess::start(
+        &server,
+        AgentOptions {
+            max_jobs: 6,
+            ..AgentOptions::named("rerun")
+        },
+    )
+    .await?;
+    let out = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+    let file = out.path().join("f.txt");
+    let repo = GitRepo::new()?;
+    let config = |content: &str| {
+        cairn_tests::cairntest_config(
+            None,
+            &[cairn_tests::FileResource {
+                name: "f",
+                path: &file,
+                content,
+            }],
+        )
+    };
+    repo.write("main.tf", &config("one"))?;
+    repo.write("cairn.toml", "[deployments.default]\n")?;
+    let first = repo.commit_and_push("one")?;
+    server
+        .create_stack(
+            stack_spec("rerun", &repo.url(), "", "terraform", false),
+            vec![],
+            &first,
+        )
+        .await?;
+    server
+        .trigger("rerun", pb::RunType::Tracked, &first)
+        .await?;
+    let v1 = version_runs(&server, "rerun", 1, &["default"]).await?;
+    let v1 = wait_run(&server, &v1[0].id, "v1 UNCONFIRMED", |r| {
+        state_of(r) == S::Unconfirmed
+    })
+    .await?;
+    repo.write("main.tf", &config("two"))?;
+    push(&server, &repo, "rerun", "two").await?;
+    let v2 = version_runs(&server, "rerun", 2, &["default"]).await?;
+    let v2 = wait_run(&server, &v2[0].id, "v2 UNCONFIRMED", |r| {
+        state_of(r) == S::Unconfirmed
+    })
+    .await?;
+
+    server
+        .runs()
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: v1.id.clone(),
+        })
+        .await?;
+    wait_run(&server, &v1.id, "v1 FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert_eq!(read(&file).as_deref(), Some("one"));
+    let v2 = server.get_run(&v2.id).await?;
+    assert_eq!(
+        state_of(&v2),
+        S::Unconfirmed,
+        "a newer plan is not dismissed"
+    );
+
+    server
+        .runs()
+        .replan_run(pb::ReplanRunRequest {
+            run_id: v2.id.clone(),
+            targets: vec![],
+        })
+        .await?;
+    let v2 = wait_run(&server, &v2.id, "v2 planned again", |r| {
+        state_of(r) == S::Unconfirmed
+            && r.states_history
+                .iter()
+                .any(|t| t.state == S::ReplanRequested as i32)
+    })
+    .await?;
+    let delta = v2.delta.clone().unwrap_or_default();
+    assert_eq!(
+        (delta.added_resources, delta.changed_resources),
+        (0, 1),
+        "the fresh plan updates what v1 created"
+    );
+    server
+        .runs()
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: v2.id.clone(),
+        })
+        .await?;
+    wait_run(&server, &v2.id, "v2 FINISHED", |r| {
+        state_of(r) == S::Finished
+    })
+    .await?;
+    assert_eq!(read(&file).as_deref(), Some("two"));
+    Ok(())
+}

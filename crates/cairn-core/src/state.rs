@@ -219,6 +219,8 @@ pub const TRANSITIONS: &[(RunState, RunEvent, RunState)] = &[
     (S::Queued, E::Dispatch, S::Preparing),
     (S::Queued, E::Cancel, S::Canceled),
     (S::Queued, E::Reject, S::Failed),
+    // Nothing can be built to run (a deployment stack's configuration cannot be read).
+    (S::Queued, E::Fail, S::Failed),
     (S::ReplanRequested, E::Dispatch, S::Preparing),
     (S::ReplanRequested, E::Cancel, S::Canceled),
     (S::Preparing, E::Initialize, S::Initializing),
@@ -317,9 +319,11 @@ mod tests {
             (Preparing, Initialize) => Initializing,
             (Initializing, RunEvent::Plan) => Planning,
             (Preparing | Initializing | Planning, Stop) => Stopped,
-            (Preparing | Initializing | Planning | Confirmed | PreparingApply | Applying, Fail) => {
-                Failed
-            }
+            (
+                Queued | Preparing | Initializing | Planning | Confirmed | PreparingApply
+                | Applying,
+                Fail,
+            ) => Failed,
             (Planning, FinishNoOp) => Finished,
             (Planning | PendingReview, FinishProposed) => Finished,
             (Planning, RequireReview) => PendingReview,
