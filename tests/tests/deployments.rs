@@ -851,7 +851,7 @@ async fn newer_plans_stay_rerunnable_after_an_older_one_is_approved() -> Result<
                 .any(|t| t.state == S::ReplanRequested as i32)
     })
     .await?;
-    let delta = v2.delta.clone().unwrap_or_default();
+    let delta = v2.delta.unwrap_or_default();
     assert_eq!(
         (delta.added_resources, delta.changed_resources),
         (0, 1),
