@@ -77,6 +77,12 @@ pub enum Command {
     /// Cairn-managed Terraform state: versions, outputs, restore, import
     #[command(subcommand)]
     State(StateCmd),
+    /// Deployments of a stack (HCP Terraform Stacks)
+    #[command(subcommand, visible_alias = "dep")]
+    Deployment(DeploymentCmd),
+    /// Configuration versions of a deployment stack
+    #[command(subcommand, name = "config-version", visible_alias = "cv")]
+    ConfigVersion(ConfigVersionCmd),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -501,6 +507,42 @@ pub enum StateCmd {
         /// Replace the deployment's existing state (admin)
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCmd {
+    /// List a stack's deployments (removed ones too)
+    List { stack: String },
+    /// Declare a deployment; the next configuration version runs it
+    Create {
+        stack: String,
+        name: String,
+        /// NAME=VALUE; VALUE is JSON (`region='"eu"'`, `replicas=3`) or, when it is not, a
+        /// plain string (`region=eu`)
+        #[arg(long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Plans with changes are confirmed without a human
+        #[arg(long)]
+        auto_approve: bool,
+        /// Runs of this deployment destroy its resources
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Remove a deployment: it is destroyed with the last configuration that contained it
+    Delete { stack: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigVersionCmd {
+    /// List a stack's configuration versions, newest first
+    List { stack: String },
+    /// Fetch the tracked commit (or --commit) as a new configuration version, with one run per
+    /// deployment
+    Create {
+        stack: String,
+        #[arg(long, value_name = "SHA")]
+        commit: Option<String>,
     },
 }
 

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use cairn_proto::v1::{
-    policy_service_client::PolicyServiceClient, run_service_client::RunServiceClient,
-    stack_service_client::StackServiceClient, state_service_client::StateServiceClient,
-    system_service_client::SystemServiceClient,
+    deployment_service_client::DeploymentServiceClient, policy_service_client::PolicyServiceClient,
+    run_service_client::RunServiceClient, stack_service_client::StackServiceClient,
+    state_service_client::StateServiceClient, system_service_client::SystemServiceClient,
     worker_pool_service_client::WorkerPoolServiceClient, GetVersionRequest, GetVersionResponse,
 };
 use tonic::metadata::MetadataValue;
@@ -124,6 +124,9 @@ impl Api {
     }
     pub fn pools(&self) -> WorkerPoolServiceClient<Svc> {
         WorkerPoolServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+    pub fn deployments(&self) -> DeploymentServiceClient<Svc> {
+        DeploymentServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
     pub fn states(&self) -> StateServiceClient<Svc> {
         StateServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())

@@ -712,3 +712,89 @@ async fn state_verbs_import_list_outputs_and_restore() {
     assert_exit(&bad, 7, "/nonexistent.tfstate");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_and_config_version_verbs() {
+    let srv = TestServer::start().await;
+    let repo = git_repo(&srv.data_dir.path().join("repo"));
+    assert_ok(
+        &srv.admin(&[
+            "stack",
+            "create",
+            "app",
+            "--repository",
+            &repo,
+            "--vendor",
+            "terraform",
+        ])
+        .await,
+    );
+    assert_ok(&srv.admin(&["stack", "sync", "app"]).await);
+    let none = srv.admin(&["deployment", "list", "app"]).await;
+    assert_ok(&none);
+    assert!(
+        stdout(&none).contains("declares no deployments"),
+        "{}",
+        stdout(&none)
+    );
+
+    let bad = srv.admin(&["deployment", "create", "app", "Prod"]).await;
+    assert_exit(&bad, 7, "invalid name");
+    let created = srv
+        .admin(&[
+            "deployment",
+            "create",
+            "app",
+            "prod",
+            "--input",
+            "region=eu",
+            "--input",
+            "replicas=3",
+            "--auto-approve",
+        ])
+        .await;
+    assert_ok(&created);
+    let dup = srv.admin(&["deployment", "create", "app", "prod"]).await;
+    assert_exit(&dup, 6, "collides");
+
+    let listed = json(
+        &srv.admin(&["deployment", "list", "app", "-o", "json"])
+            .await,
+    );
+    assert_eq!(listed[0]["name"], "prod");
+    assert_eq!(listed[0]["inputs"]["region"], "eu");
+    assert_eq!(listed[0]["inputs"]["replicas"], 3);
+    assert_eq!(listed[0]["auto_approve"], true);
+    assert_eq!(listed[0]["declared_in"], "api");
+
+    let made = json(
+        &srv.admin(&["config-version", "create", "app", "-o", "json"])
+            .await,
+    );
+    assert_eq!(made["configuration_version"]["seq"], 1);
+    assert_eq!(made["configuration_version"]["source"], "MANUAL");
+    assert_eq!(made["run_ids"].as_array().map(Vec::len), Some(1));
+    let versions = srv.admin(&["config-version", "list", "app"]).await;
+    assert_ok(&versions);
+    let text = stdout(&versions);
+    assert!(text.starts_with("SEQ  COMMIT"), "{text}");
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("MANUAL") && l.contains("prod")),
+        "{text}"
+    );
+
+    let deleted = srv.admin(&["deployment", "delete", "app", "prod"]).await;
+    assert_ok(&deleted);
+    assert!(
+        stdout(&deleted).contains("is being removed: runs "),
+        "{}",
+        stdout(&deleted)
+    );
+    let listed = json(
+        &srv.admin(&["deployment", "list", "app", "-o", "json"])
+            .await,
+    );
+    assert_eq!(listed[0]["deleted"], true);
+}

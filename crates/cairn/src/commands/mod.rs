@@ -1,5 +1,6 @@
 //! The client verbs. Each checks its arguments first, then connects, then prints.
 
+pub mod deployment;
 pub mod policy;
 pub mod pool;
 pub mod run;
@@ -21,6 +22,8 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Policy(c) => policy::run(ctx, c).await,
         Command::WorkerPool(c) => pool::run(ctx, c).await,
         Command::State(c) => state::run(ctx, c).await,
+        Command::Deployment(c) => deployment::run(ctx, c).await,
+        Command::ConfigVersion(c) => deployment::config_versions(ctx, c).await,
         Command::Login(_)
         | Command::Server(_)
         | Command::Agent(_)
