@@ -11,7 +11,10 @@
 //!   stack whose inputs refer to a changed output gets a new configuration version of its stack
 //!   (source UPSTREAM) at the stack's tracked commit, which queues its runs. That work is done by
 //!   a background task fed by the state backend, so that Terraform's state upload never waits
-//!   for a git fetch of the downstream repository.
+//!   for a git fetch of the downstream repository. The queue is in memory; what a stopped server
+//!   did not propagate is found again when the task starts: a consumed output whose current
+//!   value differs from the one current when the consumer's newest configuration version was
+//!   made gets that version's successor.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -115,6 +118,9 @@ pub async fn run_loop(state: Arc<AppState>) {
     else {
         return;
     };
+    if let Err(e) = sweep(&state).await {
+        tracing::warn!(error = %e, "upstream outputs not checked at start");
+    }
     loop {
         let change = tokio::select! {
             c = rx.recv() => match c { Some(c) => c, None => return },
@@ -147,6 +153,14 @@ fn consumed<'a>(
         .collect()
 }
 
+fn note(deployment: &str, input: &str, change: &OutputsChanged, output: &str) -> String {
+    format!(
+        "input {input} of deployment {deployment} reads output {output} of {}/{}, changed at \
+         serial {}",
+        change.stack_id, change.deployment, change.serial
+    )
+}
+
 /// New configuration versions for every other stack with a deployment consuming a changed
 /// output. Returns the stacks that got one.
 pub async fn propagate(state: &AppState, change: &OutputsChanged) -> Result<Vec<String>> {
@@ -159,39 +173,135 @@ pub async fn propagate(state: &AppState, change: &OutputsChanged) -> Result<Vec<
         let mut notes = Vec::new();
         for d in deployments.iter().filter(|d| d.is_active()) {
             for (input, output) in consumed(&d.inputs, change) {
-                notes.push(format!(
-                    "input {input} of deployment {} reads output {output} of {}/{}, changed at \
-                     serial {}",
-                    d.name, change.stack_id, change.deployment, change.serial
-                ));
+                notes.push(note(&d.name, input, change, output));
             }
         }
-        if notes.is_empty() {
-            continue;
+        if refresh(state, &stack, &notes).await? {
+            touched.push(stack.id.clone());
         }
-        let Some(commit) = stack.tracked_commit.as_ref().map(|c| c.hash.clone()) else {
-            tracing::warn!(stack.id = %stack.id, "upstream outputs changed but the stack has no \
-                tracked commit: no configuration version");
-            continue;
-        };
-        let (version, runs) = crate::deployments::create_configuration_version(
-            state,
-            &stack.id,
-            ConfigSource::Upstream,
-            &commit,
-        )
-        .await?;
-        tracing::info!(stack.id = %stack.id, config_version = version.seq,
-            upstream = %change.stack_id, outputs = ?change.outputs,
-            "configuration version for changed upstream outputs");
-        for run in &runs {
-            for note in &notes {
-                state.system_log(&run.id, note.clone()).await;
-            }
-        }
-        touched.push(stack.id.clone());
     }
     Ok(touched)
+}
+
+/// A new UPSTREAM configuration version of `stack` at its tracked commit, `notes` logged on its
+/// runs; false when there is nothing to note or no tracked commit.
+async fn refresh(state: &AppState, stack: &cairn_core::Stack, notes: &[String]) -> Result<bool> {
+    if notes.is_empty() {
+        return Ok(false);
+    }
+    let Some(commit) = stack.tracked_commit.as_ref().map(|c| c.hash.clone()) else {
+        tracing::warn!(stack.id = %stack.id, "upstream outputs changed but the stack has no \
+            tracked commit: no configuration version");
+        return Ok(false);
+    };
+    let (version, runs) = crate::deployments::create_configuration_version(
+        state,
+        &stack.id,
+        ConfigSource::Upstream,
+        &commit,
+    )
+    .await?;
+    tracing::info!(stack.id = %stack.id, config_version = version.seq, notes = ?notes,
+        "configuration version for changed upstream outputs");
+    for run in &runs {
+        for n in notes {
+            state.system_log(&run.id, n.clone()).await;
+        }
+    }
+    Ok(true)
+}
+
+/// The version that was current at `at` among `newest_first` (a deployment's versions, newest
+/// first), and whether `output` differs between it and the newest one. None when nothing was
+/// written after `at`.
+pub fn missed_change(
+    newest_first: &[StateVersion],
+    at: cairn_core::Nanos,
+    output: &str,
+) -> Option<i64> {
+    let current = newest_first.first()?;
+    if current.created_at <= at {
+        return None;
+    }
+    let then = newest_first.iter().find(|v| v.created_at <= at);
+    changed_outputs(then, current)
+        .iter()
+        .any(|o| o == output)
+        .then_some(current.serial)
+}
+
+/// Finds consumed outputs that changed after the consumer's newest configuration version
+/// (a propagation a previous process queued but did not finish) and refreshes those stacks.
+pub async fn sweep(state: &AppState) -> Result<Vec<String>> {
+    let mut touched = Vec::new();
+    for stack in state.store.all_stacks().await? {
+        let deployments = state.store.list_deployments(&stack.id).await?;
+        let own = stack.id.as_str();
+        let refs: Vec<_> = deployments
+            .iter()
+            .filter(|d| d.is_active())
+            .flat_map(|d| {
+                d.inputs.iter().filter_map(move |(input, v)| match v {
+                    InputValue::Upstream(r) if r.stack != own => Some((d, input, r)),
+                    _ => None,
+                })
+            })
+            .collect();
+        if refs.is_empty() {
+            continue;
+        }
+        // No version yet: the first one reads every output as it is then.
+        let Some(latest) = state
+            .store
+            .list_configuration_versions(&stack.id, 0, 1)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            continue;
+        };
+        let mut notes = Vec::new();
+        for (d, input, r) in refs {
+            let versions =
+                versions_since(state, &r.stack, &r.deployment, latest.created_at).await?;
+            if let Some(serial) = missed_change(&versions, latest.created_at, &r.output) {
+                let change = OutputsChanged {
+                    stack_id: r.stack.clone(),
+                    deployment: r.deployment.clone(),
+                    serial,
+                    outputs: vec![r.output.clone()],
+                };
+                notes.push(note(&d.name, input, &change, &r.output));
+            }
+        }
+        if refresh(state, &stack, &notes).await? {
+            touched.push(stack.id.clone());
+        }
+    }
+    Ok(touched)
+}
+
+/// A deployment's versions newest first, down to the first one created at or before `at`.
+async fn versions_since(
+    state: &AppState,
+    stack_id: &str,
+    deployment: &str,
+    at: cairn_core::Nanos,
+) -> Result<Vec<StateVersion>> {
+    let mut out = Vec::new();
+    let mut page = cairn_store::Page::first(100);
+    loop {
+        let got = state
+            .store
+            .list_state_versions(stack_id, deployment, &page)
+            .await?;
+        let reached = got.items.iter().any(|v| v.created_at <= at);
+        out.extend(got.items);
+        match got.next {
+            Some(token) if !reached => page.token = Some(token),
+            _ => return Ok(out),
+        }
+    }
 }
 
 /// Upstream inputs of a run resolved to values.
@@ -307,6 +417,36 @@ mod tests {
             changed_outputs(None, &a),
             ["changed", "gone", "same", "secret"]
         );
+    }
+
+    #[test]
+    fn a_missed_change_is_found_against_the_version_current_back_then() {
+        let at = |serial: i64, created_at: i64, vpc: &str| StateVersion {
+            serial,
+            created_at,
+            ..version(serde_json::json!({
+                "vpc_id": {"value": vpc, "type": "string"},
+                "other": {"value": serial, "type": "number"},
+            }))
+        };
+        let versions = [
+            at(3, 300, "vpc-2"),
+            at(2, 200, "vpc-1"),
+            at(1, 100, "vpc-1"),
+        ];
+        // The consumer's version was made at 250: serial 2 was current, 3 changed vpc_id.
+        assert_eq!(missed_change(&versions, 250, "vpc_id"), Some(3));
+        // Made at 150 (serial 1 current): the change is there as well.
+        assert_eq!(missed_change(&versions, 150, "vpc_id"), Some(3));
+        // Nothing written since.
+        assert_eq!(missed_change(&versions, 300, "vpc_id"), None);
+        // Only `other` would matter if vpc_id had not changed.
+        let same = [at(3, 300, "vpc-1"), at(2, 200, "vpc-1")];
+        assert_eq!(missed_change(&same, 250, "vpc_id"), None);
+        assert_eq!(missed_change(&same, 250, "other"), Some(3));
+        // Made before any state existed: every output of the state is new.
+        assert_eq!(missed_change(&versions, 50, "vpc_id"), Some(3));
+        assert_eq!(missed_change(&[], 50, "vpc_id"), None);
     }
 
     #[test]

@@ -497,3 +497,184 @@ async fn an_imported_local_state_is_managed_and_its_import_run_plans_no_changes(
     .unwrap();
     assert_eq!(doc["serial"], forced.serial);
 }
+
+fn git(dir: &Path, args: &[&str]) {
+    let s = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .status()
+        .unwrap();
+    assert!(s.success(), "git {args:?}");
+}
+
+fn net_state(serial: i64, vpc: &str, created_at: i64) -> cairn_store::StateVersion {
+    let body = serde_json::json!({
+        "version": 4, "serial": serial, "lineage": "lin-net",
+        "outputs": {"vpc_id": {"value": vpc, "type": "string"}}, "resources": []
+    })
+    .to_string();
+    cairn_store::StateVersion {
+        stack_id: "net".into(),
+        deployment: "default".into(),
+        serial,
+        lineage: "lin-net".into(),
+        outputs_json: serde_json::json!({ "vpc_id": vpc }).to_string(),
+        body: body.into_bytes(),
+        created_at,
+        created_by_run: format!("run_net_{serial}"),
+        note: String::new(),
+    }
+}
+
+/// A server that stopped after net's output changed but before the consuming stack got its new
+/// configuration version: the next server start finds the change and makes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_change_missed_by_a_stopped_server_is_propagated_at_start() {
+    let s = TestServer::start().await;
+    s.stack("net", false, SHA_A).await;
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("app")).unwrap();
+    std::fs::write(
+        repo.path().join("app/main.tf"),
+        "variable \"vpc_id\" {\n  type = string\n}\n",
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "app"]);
+    let head = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(repo.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let mut stacks = s.stacks(&s.admin);
+    stacks
+        .create_stack(pb::CreateStackRequest {
+            stack: Some(pb::Stack {
+                id: "app".into(),
+                name: "app".into(),
+                repository: repo.path().display().to_string(),
+                branch: "main".into(),
+                project_root: "app".into(),
+                vendor: "terraform".into(),
+                ..Default::default()
+            }),
+            env: vec![],
+        })
+        .await
+        .unwrap();
+    stacks
+        .sync_stack(pb::SyncStackRequest {
+            stack_id: "app".into(),
+            commit: Some(pb::Commit {
+                hash: head.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    // app's deployment reads net's vpc_id; its version 1 was made while serial 1 was current.
+    let store = s.state.store.clone();
+    let mut d = cairn_core::Deployment::new("app", "default", 1);
+    d.inputs.insert(
+        "vpc_id".into(),
+        cairn_core::InputValue::Upstream(cairn_core::UpstreamRef {
+            stack: "net".into(),
+            deployment: "default".into(),
+            output: "vpc_id".into(),
+        }),
+    );
+    store.create_deployment(d.clone()).await.unwrap();
+    let now = cairn_core::now_nanos();
+    store
+        .add_state_version(net_state(1, "vpc-1", now - 10))
+        .await
+        .unwrap();
+    store
+        .add_configuration_version(cairn_core::ConfigurationVersion {
+            id: "cv-1".into(),
+            stack_id: "app".into(),
+            seq: 0,
+            commit_sha: head.clone(),
+            content_digest: "d".into(),
+            deployments: vec![d.snapshot()],
+            source: cairn_core::ConfigSource::Manual,
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    // Written behind the running server's back (as if it stopped before propagating).
+    store
+        .add_state_version(net_state(2, "vpc-2", now + 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_configuration_versions("app", 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let s = s.restart(Duration::from_secs(60)).await;
+    let store = s.state.store.clone();
+    let mut versions = Vec::new();
+    for _ in 0..500 {
+        versions = store
+            .list_configuration_versions("app", 0, 10)
+            .await
+            .unwrap();
+        if versions.len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(versions.len(), 2, "a new configuration version of app");
+    assert_eq!(versions[0].source, cairn_core::ConfigSource::Upstream);
+    assert_eq!(versions[0].commit_sha, head);
+    let runs = store
+        .list_runs("app", &cairn_store::Page::first(10))
+        .await
+        .unwrap()
+        .items;
+    let run = runs
+        .iter()
+        .find(|r| r.config_version == versions[0].seq)
+        .expect("a run of the new version");
+    assert_eq!(run.deployment, "default");
+    let logs = s
+        .runs(&s.admin)
+        .get_run_logs(pb::GetRunLogsRequest {
+            run_id: run.id.clone(),
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines;
+    assert!(
+        logs.iter().any(|l| l.message
+            == "input vpc_id of deployment default reads output vpc_id of net/default, \
+                changed at serial 2"),
+        "{logs:?}"
+    );
+
+    // net's only consumer is up to date now: a sweep finds nothing more to do.
+    assert_eq!(
+        cairn_server::upstream::sweep(&s.state).await.unwrap(),
+        Vec::<String>::new()
+    );
+}
