@@ -245,11 +245,7 @@ pub async fn import_state(
             stack.locked_by
         )));
     }
-    let commit = stack.tracked_commit.clone().ok_or_else(|| {
-        ServerError::precondition(format!(
-            "stack {stack_id} has no tracked commit yet: sync it before importing"
-        ))
-    })?;
+    let (commit, config_version) = import_basis(state, &stack, deployment).await?;
     let run_id = cairn_core::ids::new_run_id();
     let holder = format!("import:{run_id}");
     let version = under_lock(
@@ -316,6 +312,7 @@ pub async fn import_state(
     );
     run.mode = RunMode::Import;
     run.deployment = deployment.to_string();
+    run.config_version = config_version;
     run.steps.push(Step {
         index: 0,
         kind: StepKind::Import,
@@ -340,6 +337,66 @@ pub async fn import_state(
     crate::policies::after_run_created(state, &run).await;
     let run = state.store.get_run(&run.id).await?;
     Ok((version, run))
+}
+
+/// The commit and configuration version an IMPORT run plans with. A stack with declared
+/// deployments plans the imported deployment as its deployment runs do: with the deployment's
+/// newest configuration version (its commit and inputs), so the run is a deployment run of
+/// that version (and is not taken for a new tracked run of the stack). Other stacks plan their
+/// tracked commit.
+async fn import_basis(
+    state: &AppState,
+    stack: &cairn_core::Stack,
+    deployment: &str,
+) -> Result<(cairn_core::Commit, i64)> {
+    let deployments = state.store.list_deployments(&stack.id).await?;
+    if deployments.is_empty() {
+        let commit = stack.tracked_commit.clone().ok_or_else(|| {
+            ServerError::precondition(format!(
+                "stack {} has no tracked commit yet: sync it before importing",
+                stack.id
+            ))
+        })?;
+        return Ok((commit, 0));
+    }
+    let Some(d) = deployments
+        .iter()
+        .find(|d| d.name == deployment && d.is_active())
+    else {
+        return Err(ServerError::invalid(
+            "deployment",
+            format!(
+                "stack {} declares no deployment {deployment:?} (it has {})",
+                stack.id,
+                deployments
+                    .iter()
+                    .filter(|d| d.is_active())
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    if d.last_config_version == 0 {
+        return Err(ServerError::precondition(format!(
+            "deployment {deployment} of stack {} has no configuration version yet: create one \
+             before importing",
+            stack.id
+        )));
+    }
+    let version = state
+        .store
+        .get_configuration_version(&stack.id, d.last_config_version)
+        .await?;
+    let commit = match &stack.tracked_commit {
+        Some(c) if c.hash == version.commit_sha => c.clone(),
+        _ => cairn_core::Commit {
+            hash: version.commit_sha.clone(),
+            branch: stack.branch.clone(),
+            ..Default::default()
+        },
+    };
+    Ok((commit, version.seq))
 }
 
 /// `NotFound` for a deployment that has no state yet, named like the store names things.

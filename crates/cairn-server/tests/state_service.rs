@@ -530,12 +530,9 @@ fn net_state(serial: i64, vpc: &str, created_at: i64) -> cairn_store::StateVersi
     }
 }
 
-/// A server that stopped after net's output changed but before the consuming stack got its new
-/// configuration version: the next server start finds the change and makes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_output_change_missed_by_a_stopped_server_is_propagated_at_start() {
-    let s = TestServer::start().await;
-    s.stack("net", false, SHA_A).await;
+/// Stack `app` tracking a real one-commit Git repository (project root `app`): what a
+/// configuration version is read from. Returns the repository and its commit.
+async fn app_stack(s: &TestServer) -> (tempfile::TempDir, String) {
     let repo = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(repo.path().join("app")).unwrap();
     std::fs::write(
@@ -583,6 +580,17 @@ async fn an_output_change_missed_by_a_stopped_server_is_propagated_at_start() {
         })
         .await
         .unwrap();
+
+    (repo, head)
+}
+
+/// A server that stopped after net's output changed but before the consuming stack got its new
+/// configuration version: the next server start finds the change and makes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_change_missed_by_a_stopped_server_is_propagated_at_start() {
+    let s = TestServer::start().await;
+    s.stack("net", false, SHA_A).await;
+    let (_repo, head) = app_stack(&s).await;
 
     // app's deployment reads net's vpc_id; its version 1 was made while serial 1 was current.
     let store = s.state.store.clone();
@@ -677,4 +685,91 @@ async fn an_output_change_missed_by_a_stopped_server_is_propagated_at_start() {
         cairn_server::upstream::sweep(&s.state).await.unwrap(),
         Vec::<String>::new()
     );
+}
+
+/// On a stack with declared deployments, the IMPORT run is a deployment run of the imported
+/// deployment's newest configuration version: it plans with that version's commit and inputs.
+/// A deployment the stack does not declare is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_into_a_deployment_plans_with_its_configuration_version() {
+    let s = TestServer::start().await;
+    let (_repo, head) = app_stack(&s).await;
+    let store = s.state.store.clone();
+    let mut d = cairn_core::Deployment::new("app", "prod", 1);
+    d.inputs.insert(
+        "vpc_id".into(),
+        cairn_core::InputValue::Literal("vpc-literal".into()),
+    );
+    store.create_deployment(d.clone()).await.unwrap();
+    let version = store
+        .add_configuration_version(cairn_core::ConfigurationVersion {
+            id: "cv-1".into(),
+            stack_id: "app".into(),
+            seq: 0,
+            commit_sha: head.clone(),
+            content_digest: "d".into(),
+            deployments: vec![d.snapshot()],
+            source: cairn_core::ConfigSource::Manual,
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    d.last_config_version = version.seq;
+    store.update_deployment(d).await.unwrap();
+
+    let doc = serde_json::json!({"version": 4, "serial": 3, "lineage": "lin-app",
+        "outputs": {}, "resources": []})
+    .to_string()
+    .into_bytes();
+    let import = |deployment: &str| {
+        let mut client = states(&s, &s.admin);
+        let (deployment, doc) = (deployment.to_string(), doc.clone());
+        async move {
+            client
+                .import_state(pb::ImportStateRequest {
+                    stack_id: "app".into(),
+                    deployment,
+                    state: doc,
+                    force: false,
+                })
+                .await
+        }
+    };
+    let refused = import("staging").await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("deployment") && refused.message().contains("prod"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        store.current_state_version("app", "staging").await.unwrap(),
+        None
+    );
+
+    let run = import("prod").await.unwrap().into_inner().run.unwrap();
+    assert_eq!(run.mode(), pb::RunMode::Import);
+    assert_eq!(run.config_version, version.seq);
+    assert_eq!(run.deployment, "prod");
+    let mut agent = TestAgent::connect(&s, 1).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.run_id, run.id);
+    assert_eq!(lease.commit_sha, head);
+    assert_eq!(
+        lease.variables.get("vpc_id").map(String::as_str),
+        Some("vpc-literal")
+    );
+    let c = Creds::of(&lease);
+    assert!(c.address.ends_with("/state/app/prod"), "{}", c.address);
+    let got = http(
+        s.addr,
+        "GET",
+        &c.path(),
+        Some((&c.username, &c.password)),
+        b"",
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.as_bytes(), doc.as_slice());
 }
