@@ -94,7 +94,7 @@ async fn approved_runs_take_the_deployment_lock_in_approval_order() {
         s.channel.clone(),
         Bearer(Some(s.admin.clone())),
     ));
-    let mut version = || pb::CreateConfigurationVersionRequest {
+    let version = || pb::CreateConfigurationVersionRequest {
         stack_id: "net".into(),
         commit_sha: sha.clone(),
     };
