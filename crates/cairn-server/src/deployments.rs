@@ -30,7 +30,7 @@
 //!   marked removed once that run finishes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cairn_core::deployment::{parse_config_file, CONFIG_FILE};
 use cairn_core::{
@@ -52,9 +52,58 @@ fn creation_lock() -> &'static tokio::sync::Mutex<()> {
 /// changes, and looking means a git fetch).
 fn probed() -> std::sync::MutexGuard<'static, HashSet<String>> {
     static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    SEEN.get_or_init(Default::default)
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    // Runs leave the queue quickly; forgetting them costs one more look, never a wrong answer.
+    if seen.len() >= 100_000 {
+        seen.clear();
+    }
+    seen
+}
+
+/// The cairn.toml paths of a commit, per (repository, commit): a push to a monorepo queues a
+/// tracked run for many stacks at one commit, and each must be told apart without a git call.
+type FileIndex = HashMap<(String, String), Arc<HashSet<String>>>;
+
+fn file_index() -> std::sync::MutexGuard<'static, FileIndex> {
+    static INDEX: OnceLock<Mutex<FileIndex>> = OnceLock::new();
+    INDEX
+        .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `stack`'s project root has a cairn.toml at `sha`.
+async fn has_config_file(state: &AppState, stack: &Stack, sha: &str) -> Result<bool> {
+    let root = stack.project_root.trim_matches('/');
+    let path = if root.is_empty() {
+        CONFIG_FILE.to_string()
+    } else {
+        format!("{root}/{CONFIG_FILE}")
+    };
+    let key = (stack.repository.clone(), sha.to_string());
+    if let Some(paths) = file_index().get(&key) {
+        return Ok(paths.contains(&path));
+    }
+    let cache = state.config.data_dir.join("git-cache");
+    let (repo, sha_c) = key.clone();
+    let paths: HashSet<String> = crate::vcs::ingest::blocking(move || {
+        let dir = crate::vcs::cache::fetch_commit(&cache, &repo, &sha_c)?;
+        crate::vcs::cache::paths_named(&dir, &sha_c, CONFIG_FILE)
+    })
+    .await?
+    .into_iter()
+    .collect();
+    let found = paths.contains(&path);
+    let mut index = file_index();
+    // Old commits are not asked about again; keep the index small.
+    if index.len() >= 1024 {
+        index.clear();
+    }
+    index.insert(key, Arc::new(paths));
+    Ok(found)
 }
 
 /// The project root's content digest and the deployments its cairn.toml declares (none when
@@ -71,7 +120,7 @@ pub async fn read_configuration(
         stack.project_root.clone(),
     );
     let (digest, file) = crate::vcs::ingest::blocking(move || {
-        let dir = crate::vcs::cache::fetch(&root, &repo)?;
+        let dir = crate::vcs::cache::fetch_commit(&root, &repo, &sha_c)?;
         crate::vcs::cache::read_project_file(&dir, &sha_c, &project_root, CONFIG_FILE)
     })
     .await?;
@@ -388,6 +437,17 @@ pub async fn adopt_tracked_runs(state: &AppState, runs: &[Run]) -> Result<bool> 
             Err(e) => return Err(e.into()),
         };
         let declared = !state.store.list_deployments(&stack.id).await?.is_empty();
+        if !declared {
+            match has_config_file(state, &stack, &run.commit.hash).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                // Not fetchable: not a deployment stack as far as anyone can tell.
+                Err(e) => {
+                    tracing::debug!(run.id = %run.id, error = %e, "no cairn.toml looked for");
+                    continue;
+                }
+            }
+        }
         let read = read_configuration(state, &stack, &run.commit.hash).await;
         let config = match read {
             Ok(c) if declared || !c.1.is_empty() => c,

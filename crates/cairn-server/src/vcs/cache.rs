@@ -201,3 +201,39 @@ pub fn fetch_ref(dir: &Path, repository: &str, full_ref: &str) -> Result<()> {
     )
     .map(|_| ())
 }
+
+/// [`fetch`], skipped when the cache already has `sha` (commits never change): many stacks of
+/// one repository at one commit cost one fetch.
+pub fn fetch_commit(cache_root: &Path, repository: &str, sha: &str) -> Result<PathBuf> {
+    let repo = absolute(check_repo(repository)?);
+    let name = crate::crypto::sha256_hex(repo.as_bytes());
+    let dir = cache_root.join(format!("{}.git", &name[..24]));
+    let known = !sha.is_empty()
+        && sha.chars().all(|c| c.is_ascii_hexdigit())
+        && dir.join("HEAD").exists()
+        && git(
+            Some(&dir),
+            &["cat-file", "-e", &format!("{sha}^{{commit}}")],
+        )
+        .is_ok();
+    if known {
+        return Ok(dir);
+    }
+    fetch(cache_root, repository)
+}
+
+/// Every path named `name` (at any depth) in the tree of `sha`.
+pub fn paths_named(dir: &Path, sha: &str, name: &str) -> Result<Vec<String>> {
+    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ServerError::invalid(
+            "commit_sha",
+            format!("{sha:?} is not a commit hash"),
+        ));
+    }
+    let out = git(Some(dir), &["ls-tree", "-r", "--name-only", sha])?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|p| *p == name || p.ends_with(&format!("/{name}")))
+        .map(str::to_string)
+        .collect())
+}
