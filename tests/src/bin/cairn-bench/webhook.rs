@@ -215,22 +215,29 @@ async fn plan_started(log: &Path, run_id: &str, deadline: Duration) -> Result<i1
     }
 }
 
-/// The run the webhook created: the stack's newest run once it is newer than `known`.
-async fn new_run(server: &TestServer, stack: &str, known: usize) -> Result<pb::Run> {
+/// The stack's newest run (runs are listed newest first), if any.
+async fn newest_run(server: &TestServer, stack: &str) -> Result<Option<pb::Run>> {
+    Ok(server
+        .runs()
+        .list_runs(pb::ListRunsRequest {
+            stack_id: stack.into(),
+            page: None,
+        })
+        .await?
+        .into_inner()
+        .runs
+        .into_iter()
+        .next())
+}
+
+/// The run the webhook created: the stack's newest run once it is not `known`.
+async fn new_run(server: &TestServer, stack: &str, known: Option<String>) -> Result<pb::Run> {
     let started = Instant::now();
     loop {
-        let runs = server
-            .runs()
-            .list_runs(pb::ListRunsRequest {
-                stack_id: stack.into(),
-                page: None,
-            })
-            .await?
-            .into_inner()
-            .runs;
-        if runs.len() > known {
-            // Newest first.
-            return Ok(runs[0].clone());
+        if let Some(run) = newest_run(server, stack).await? {
+            if Some(&run.id) != known.as_ref() {
+                return Ok(run);
+            }
         }
         if started.elapsed() > cairn_tests::WAIT {
             return Err(Error::Timeout {
@@ -288,16 +295,7 @@ async fn latency(quick: bool) -> Result<()> {
             &after,
             "app/main.tf",
         );
-        let known = server
-            .runs()
-            .list_runs(pb::ListRunsRequest {
-                stack_id: "hook".into(),
-                page: None,
-            })
-            .await?
-            .into_inner()
-            .runs
-            .len();
+        let known = newest_run(&server, "hook").await?.map(|r| r.id);
         let status = post(addr, "/webhooks/github/gh", &format!("lat-{i}"), &body).await?;
         let accepted = unix_nanos();
         if status != 202 {
