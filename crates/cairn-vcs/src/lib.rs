@@ -23,7 +23,7 @@ pub mod signature;
 
 use serde::{Deserialize, Deserializer};
 
-pub use dedup::{delivery_key, RunDedupKey};
+pub use dedup::delivery_key;
 pub use error::{Result, VcsError};
 pub use event::*;
 pub use files::{affects, push_affected_files, ProjectMatcher};
