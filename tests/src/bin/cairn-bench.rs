@@ -390,6 +390,39 @@ async fn push_fan_out(quick: bool) -> Result<()> {
         "ms",
         Better::Lower,
     );
+
+    // The same fan-out with a push policy attached to every stack (each stack now has one run
+    // in progress): every stack's decision is a Rego evaluation. A figure, not a goal.
+    let policy = cairn_store::PolicyRecord {
+        id: "bench-push".into(),
+        name: "bench push".into(),
+        kind: "PUSH".into(),
+        body: "package spacelift\ntrack { input.push.branch == input.stack.branch }\n".into(),
+        labels: vec!["autoattach:*".into()],
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        ..Default::default()
+    };
+    state.store.create_policy(policy).await.map_err(store_err)?;
+    let mut event = event;
+    event.commit.hash = "89abcdef0123456789abcdef0123456789abcdef".into();
+    let started = Instant::now();
+    let results = cairn_server::policies::push::handle_push(&state, &event)
+        .await
+        .map_err(|e| Error::Check(format!("push: {e}")))?;
+    let elapsed = started.elapsed();
+    let queued = results.iter().filter(|r| r.run.is_some()).count();
+    if queued != stacks {
+        return Err(Error::Check(format!(
+            "push with a policy: {queued} of {stacks} stacks got a run"
+        )));
+    }
+    println!(
+        "[push] the same with a push policy on every stack: {stacks} evaluated, decided and queued in {:.3}s ({:.0} stacks/s)",
+        elapsed.as_secs_f64(),
+        stacks as f64 / elapsed.as_secs_f64()
+    );
     Ok(())
 }
 
