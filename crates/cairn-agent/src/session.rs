@@ -11,7 +11,7 @@ use cairn_proto::agent::v1::{
     SessionRequest,
 };
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -73,6 +73,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .keep_alive_while_idle(true);
     let channel = endpoint.connect_lazy();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let max_jobs = usize::try_from(config.max_jobs)
+        .unwrap_or(usize::MAX)
+        .max(1);
     let agent = Agent {
         shared: Arc::new(Shared {
             git: GitCache::new(repos_dir),
@@ -85,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         events_tx,
         jobs: Arc::new(Mutex::new(HashMap::new())),
         job_done: Arc::new(Notify::new()),
+        slots: Arc::new(Semaphore::new(max_jobs)),
     };
     let stop = CancellationToken::new();
     let main = agent.main_loop(events_rx, stop.clone());
@@ -131,6 +135,11 @@ struct Agent {
     events_tx: mpsc::UnboundedSender<JobEvent>,
     jobs: Arc<Mutex<HashMap<String, Arc<JobControl>>>>,
     job_done: Arc<Notify>,
+    /// One permit per job slot, held until a job has fully ended (plugin stopped, work tree
+    /// removed). The control plane frees its slot at the job's result, a moment earlier, so a
+    /// lease may arrive while the previous job is still cleaning up: it waits for the permit
+    /// instead of being refused.
+    slots: Arc<Semaphore>,
 }
 
 enum SessionEnd {
@@ -504,26 +513,46 @@ impl Agent {
                 tracing::debug!(lease.id = %lease.lease_id, "lease already running");
                 return;
             }
-            if jobs.len() >= self.shared.config.max_jobs as usize {
-                drop(jobs);
-                self.refuse(
-                    &lease,
-                    &format!(
-                        "the agent already runs its maximum of {} jobs",
-                        self.shared.config.max_jobs
-                    ),
-                );
-                return;
-            }
+            // Listed at once so that heartbeats keep the lease alive and a cancel finds it
+            // while it waits for a slot.
             jobs.insert(lease.lease_id.clone(), Arc::clone(&control));
         }
         let shared = Arc::clone(&self.shared);
         let events = self.events_tx.clone();
         let jobs = Arc::clone(&self.jobs);
         let done = Arc::clone(&self.job_done);
+        let slots = Arc::clone(&self.slots);
+        // A job that has reported its result ends within the plugin's grace period.
+        let slot_wait = self.shared.config.cancel_grace + Duration::from_secs(5);
+        let max_jobs = self.shared.config.max_jobs;
         let lease_id = lease.lease_id.clone();
         let run_id = lease.run_id.clone();
         tokio::spawn(async move {
+            let permit = match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => tokio::select! {
+                    p = tokio::time::timeout(slot_wait, slots.acquire_owned()) => p.ok().and_then(Result::ok),
+                    () = control.cancel.cancelled() => None,
+                },
+            };
+            let Some(_permit) = permit else {
+                jobs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&lease_id);
+                done.notify_one();
+                let reason = if control.cancel.is_cancelled() {
+                    "the job was cancelled before it started".to_owned()
+                } else {
+                    format!("the agent already runs its maximum of {max_jobs} jobs")
+                };
+                tracing::warn!(lease.id = %lease_id, "refusing lease: {reason}");
+                let _ = events.send(JobEvent {
+                    lease_id,
+                    run_id,
+                    event: Some(job_event::Event::Failed(JobFailed { reason })),
+                });
+                return;
+            };
             // A panic inside a job must not take the agent down or leak its lease slot.
             let outcome = tokio::spawn(job::run(shared, lease, events.clone(), control)).await;
             if let Err(e) = outcome {

@@ -659,6 +659,45 @@ async fn skip_flags_reach_the_plugin() {
     agent.shutdown().await;
 }
 
+/// The control plane frees a slot at a job's result, while the agent still stops the job's
+/// plugin: a lease arriving in between waits for the slot instead of being refused.
+#[tokio::test]
+async fn a_lease_for_a_full_agent_waits_for_a_finishing_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let mut cfg = config(&plane, &tmp.path().join("work"));
+    cfg.max_jobs = 1;
+    let agent = Agent::spawn(cfg);
+
+    let mut busy = lease("busy", "run-busy", JobKind::Plan, &repo, &sha);
+    busy.env.insert("TESTECHO_SLEEP".into(), "600".into());
+    busy.env.insert(
+        "TESTECHO_PIDFILE".into(),
+        tmp.path().join("busy").to_string_lossy().into_owned(),
+    );
+    plane.send_lease(busy).await;
+    plane
+        .wait_event("busy", "the vendor process", |e| match e {
+            job_event::Event::Log(l) if l.message == "vendor sleeping" => Some(()),
+            _ => None,
+        })
+        .await;
+    plane
+        .send_lease(lease("next", "run-next", JobKind::Plan, &repo, &sha))
+        .await;
+    plane.cancel("busy").await;
+    assert!(matches!(
+        plane.wait_end("busy", JobKind::Plan).await,
+        job_event::Event::Stopped(_)
+    ));
+    assert!(matches!(
+        plane.wait_end("next", JobKind::Plan).await,
+        job_event::Event::PlanResult(r) if r.success
+    ));
+    agent.shutdown().await;
+}
+
 #[tokio::test]
 async fn runs_max_jobs_at_once_and_refuses_more() {
     let tmp = tempfile::tempdir().unwrap();
