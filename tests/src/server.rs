@@ -43,6 +43,8 @@ pub struct ServerOptions {
     pub database_url: String,
     /// `[deployments] max_cycles` (in-process servers only).
     pub deployment_max_cycles: u32,
+    /// `[deployments] upload_max_bytes` (in-process servers only).
+    pub deployment_upload_max_bytes: u64,
 }
 
 impl Default for ServerOptions {
@@ -53,6 +55,8 @@ impl Default for ServerOptions {
             otlp_endpoint: None,
             database_url: String::new(),
             deployment_max_cycles: cairn_server::Config::default().deployment_max_cycles,
+            deployment_upload_max_bytes: cairn_server::Config::default()
+                .deployment_upload_max_bytes,
         }
     }
 }
@@ -110,6 +114,7 @@ impl TestServer {
             heartbeat_interval: opts.heartbeat_interval,
             otlp_endpoint: opts.otlp_endpoint.clone(),
             deployment_max_cycles: opts.deployment_max_cycles,
+            deployment_upload_max_bytes: opts.deployment_upload_max_bytes,
             ..cairn_server::Config::default()
         };
         let server = cairn_server::Server::builder(config).build().await?;

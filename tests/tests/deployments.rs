@@ -721,6 +721,7 @@ async fn bad_deployment_input_is_refused_and_nothing_is_stored() -> Result<()> {
         .create_configuration_version(pb::CreateConfigurationVersionRequest {
             stack_id: "api".into(),
             commit_sha: String::new(),
+            archive: Vec::new(),
         })
         .await?
         .into_inner();
@@ -868,5 +869,314 @@ async fn newer_plans_stay_rerunnable_after_an_older_one_is_approved() -> Result<
     })
     .await?;
     assert_eq!(read(&file).as_deref(), Some("two"));
+    Ok(())
+}
+
+/// One `cairntest_file` in `${var.dir}/f.txt` with `content`.
+fn one_file(content: &str) -> String {
+    format!(
+        r#"terraform {{
+  required_providers {{
+    cairntest = {{ source = "cairn.local/test/cairntest" }}
+  }}
+}}
+
+variable "dir" {{
+  type = string
+}}
+
+resource "cairntest_file" "f" {{
+  path    = "${{var.dir}}/f.txt"
+  content = {}
+}}
+"#,
+        toml_str(content)
+    )
+}
+
+/// A tar.gz of `entries` (path, type, content, link target). Names are written raw into the
+/// header, as a hostile client would: the tar crate's own setters refuse `..`.
+fn targz(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if let Some(gnu) = h.as_gnu_mut() {
+            gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        }
+        if !link.is_empty() {
+            h.set_link_name(link).expect("a short link name");
+        }
+        h.set_cksum();
+        b.append(&h, *data)
+            .expect("appending to an in-memory archive");
+    }
+    b.into_inner()
+        .and_then(|e| e.finish())
+        .expect("finishing an in-memory archive")
+}
+
+fn upload(stack: &str, archive: Vec<u8>) -> pb::CreateConfigurationVersionRequest {
+    pb::CreateConfigurationVersionRequest {
+        stack_id: stack.into(),
+        commit_sha: String::new(),
+        archive,
+    }
+}
+
+/// An uploaded configuration (a tar.gz of the project root) makes a configuration version of
+/// source UPLOAD whose deployments are its cairn.toml's merged with the API's; its runs plan
+/// and apply the uploaded files, not the tracked commit's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_configuration_plans_and_applies_the_uploaded_files() -> Result<()> {
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let _agent = AgentProcess::start(
+        &server,
+        AgentOptions {
+            max_jobs: 4,
+            ..AgentOptions::named("uploads")
+        },
+    )
+    .await?;
+    let out = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+    let (api_dir, file_dir) = (out.path().join("api"), out.path().join("file"));
+    let repo = GitRepo::new()?;
+    repo.write("infra/main.tf", &one_file("from git"))?;
+    let sha = repo.commit_and_push("git configuration")?;
+    server
+        .create_stack(
+            stack_spec("up", &repo.url(), "infra", "terraform", false),
+            vec![],
+            &sha,
+        )
+        .await?;
+    let mut d = server.deployments();
+    d.create_deployment(pb::CreateDeploymentRequest {
+        stack_id: "up".into(),
+        name: "api".into(),
+        inputs: [("dir".to_string(), toml_str(&api_dir.display().to_string()))].into(),
+        auto_approve: true,
+        ..Default::default()
+    })
+    .await?;
+    let toml = format!(
+        "[deployments.file]\ninputs = {{ dir = {} }}\nauto_approve = true\n",
+        toml_str(&file_dir.display().to_string())
+    );
+    let main = one_file("uploaded");
+    let made = d
+        .create_configuration_version(upload(
+            "up",
+            targz(&[
+                ("main.tf", tar::EntryType::Regular, main.as_bytes(), ""),
+                ("cairn.toml", tar::EntryType::Regular, toml.as_bytes(), ""),
+            ]),
+        ))
+        .await?
+        .into_inner();
+    let v1 = made.configuration_version.unwrap_or_default();
+    assert_eq!(v1.seq, 1);
+    assert_eq!(v1.source, pb::ConfigSource::Upload as i32);
+    assert_eq!(v1.commit_sha, "", "an upload has no commit");
+    assert_eq!(
+        v1.content_digest.len(),
+        64,
+        "sha256 of the normalized archive"
+    );
+    assert_eq!(
+        v1.deployments
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        ["api", "file"]
+    );
+    assert_eq!(made.run_ids.len(), 2);
+
+    let runs = version_runs(&server, "up", 1, &["api", "file"]).await?;
+    for run in &runs {
+        let done = wait_run(&server, &run.id, "uploaded run FINISHED", |r| {
+            state_of(r) == S::Finished
+        })
+        .await?;
+        assert_eq!(
+            steps(&done),
+            [
+                (K::Plan, T::Success),
+                (K::Apply, T::Success),
+                (K::Plan, T::Success),
+            ],
+            "plan, apply, then the empty plan of the same upload"
+        );
+        let logs = log_text(&server, &run.id).await?;
+        assert!(
+            logs.contains("Restoring the uploaded configuration"),
+            "{logs}"
+        );
+        assert!(!logs.contains("Checking out"), "{logs}");
+    }
+    assert_eq!(read(&api_dir.join("f.txt")).as_deref(), Some("uploaded"));
+    assert_eq!(read(&file_dir.join("f.txt")).as_deref(), Some("uploaded"));
+
+    // The same files in another order and with other metadata: the same content digest.
+    let again = d
+        .create_configuration_version(upload(
+            "up",
+            targz(&[
+                ("./cairn.toml", tar::EntryType::Regular, toml.as_bytes(), ""),
+                ("./main.tf", tar::EntryType::Regular, main.as_bytes(), ""),
+            ]),
+        ))
+        .await?
+        .into_inner()
+        .configuration_version
+        .unwrap_or_default();
+    assert_eq!(again.seq, 2);
+    assert_eq!(again.content_digest, v1.content_digest);
+    Ok(())
+}
+
+/// Bad archives are refused naming the field and the reason, and nothing is stored: no
+/// configuration version, no run, no upload in the artifact directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused_and_nothing_is_stored() -> Result<()> {
+    let server = TestServer::start(ServerOptions {
+        deployment_upload_max_bytes: 4096,
+        ..ServerOptions::default()
+    })
+    .await?;
+    let repo = GitRepo::new()?;
+    repo.write("main.tf", "# nothing\n")?;
+    let sha = repo.commit_and_push("empty")?;
+    server
+        .create_stack(
+            stack_spec("bad", &repo.url(), "", "terraform", false),
+            vec![],
+            &sha,
+        )
+        .await?;
+    let mut d = server.deployments();
+    d.create_deployment(pb::CreateDeploymentRequest {
+        stack_id: "bad".into(),
+        name: "dev".into(),
+        ..Default::default()
+    })
+    .await?;
+    let file = |path: &'static str| (path, tar::EntryType::Regular, &b"x"[..], "");
+    let link = |path: &'static str, to: &'static str| (path, tar::EntryType::Symlink, &b""[..], to);
+    // Incompressible: its tar.gz stays over the 4096-byte limit.
+    let mut noise = Vec::with_capacity(8192);
+    let mut x: u32 = 0x9e37_79b9;
+    for _ in 0..8192 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.push(x as u8);
+    }
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "not gzip",
+            b"main.tf".to_vec(),
+            "invalid archive: is not gzip-compressed",
+        ),
+        (
+            "gzip but not tar",
+            {
+                use std::io::Write;
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&[7u8; 2048]).expect("in memory");
+                e.finish().expect("in memory")
+            },
+            "invalid archive: is not a tar.gz",
+        ),
+        (
+            "parent path",
+            targz(&[file("main.tf"), file("../escape.tf")]),
+            "invalid archive: entry ../escape.tf leaves the tree (..)",
+        ),
+        (
+            "absolute path",
+            targz(&[file("/etc/cron.d/x")]),
+            "invalid archive: entry /etc/cron.d/x is absolute",
+        ),
+        (
+            "symlink out of the tree",
+            targz(&[file("main.tf"), link("modules/m", "../../outside")]),
+            "invalid archive: symlink modules/m points out of the tree (../../outside)",
+        ),
+        (
+            "absolute symlink",
+            targz(&[link("passwd", "/etc/passwd")]),
+            "invalid archive: symlink passwd points out of the tree (/etc/passwd)",
+        ),
+        (
+            "too large",
+            targz(&[("main.tf", tar::EntryType::Regular, &noise, "")]),
+            "invalid archive: is ",
+        ),
+    ];
+    for (what, archive, expected) in cases {
+        let size = archive.len();
+        let (code, msg) = code_of(d.create_configuration_version(upload("bad", archive)).await);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{what}: {msg}");
+        assert!(msg.starts_with(expected), "{what}: {msg}");
+        if what == "too large" {
+            assert!(
+                msg.ends_with(&format!("{size} bytes, more than the limit of 4096")),
+                "{msg}"
+            );
+        }
+    }
+    let (code, msg) = code_of(
+        d.create_configuration_version(pb::CreateConfigurationVersionRequest {
+            commit_sha: sha.clone(),
+            ..upload("bad", targz(&[file("main.tf")]))
+        })
+        .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert_eq!(
+        msg,
+        "invalid commit_sha: must be empty when an archive is uploaded"
+    );
+    let (code, msg) = code_of(
+        d.create_configuration_version(upload(
+            "bad",
+            targz(&[
+                file("main.tf"),
+                ("cairn.toml", tar::EntryType::Regular, b"[deployments", ""),
+            ]),
+        ))
+        .await,
+    );
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("cairn.toml"), "{msg}");
+
+    assert!(versions(&server, "bad").await?.is_empty());
+    assert!(runs_at(&server, "bad", 1).await?.is_empty());
+    let artifacts = server.data_dir.join("artifacts");
+    let stored: Vec<String> = std::fs::read_dir(&artifacts)
+        .map_err(|e| Error::Setup(format!("{}: {e}", artifacts.display())))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(stored.is_empty(), "nothing stored: {stored:?}");
+
+    // A good archive is taken after all that.
+    let v = d
+        .create_configuration_version(upload("bad", targz(&[file("main.tf")])))
+        .await?
+        .into_inner();
+    let version = v.configuration_version.unwrap_or_default();
+    assert_eq!(
+        (version.seq, version.source),
+        (1, pb::ConfigSource::Upload as i32)
+    );
+    assert_eq!(v.run_ids.len(), 1);
     Ok(())
 }

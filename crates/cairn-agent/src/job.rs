@@ -300,12 +300,12 @@ impl Job {
             .map_err(Error::io(format!("creating {}", self.dir.display())))?;
         match self.lease.kind() {
             JobKind::Plan => {
-                let (tree, commit) = self.checkout().await?;
+                let (tree, commit) = self.source().await?;
                 self.plan(&tree, &commit, plugin, self.lease.upload_workspace)
                     .await?;
             }
             JobKind::PlanAndApply => {
-                let (tree, commit) = self.checkout().await?;
+                let (tree, commit) = self.source().await?;
                 let result = self.plan(&tree, &commit, plugin, false).await?;
                 // A failed plan has nothing to apply; a no-op plan finishes the run.
                 if result.success && !result.no_op {
@@ -313,7 +313,15 @@ impl Job {
                 }
             }
             JobKind::Apply => {
-                let tree = self.restore().await?;
+                let artifact_id = self.lease.artifact_id.clone();
+                if artifact_id.is_empty() {
+                    return Err(Error::InvalidLease(
+                        "an apply lease must name the workspace artifact to restore".into(),
+                    ));
+                }
+                let tree = self
+                    .restore(&artifact_id, "the workspace of the plan")
+                    .await?;
                 self.apply(&tree, plugin).await?;
             }
             JobKind::Unspecified => {
@@ -356,6 +364,19 @@ impl Job {
             self.system(&format!("Not applying{reason}"));
         }
         Ok(())
+    }
+
+    /// The tree a plan starts from: the Git checkout, or an uploaded configuration the control
+    /// plane sealed for this lease.
+    async fn source(&mut self) -> Result<(PathBuf, String)> {
+        let artifact_id = self.lease.source_artifact_id.clone();
+        if artifact_id.is_empty() {
+            return self.checkout().await;
+        }
+        let tree = self
+            .restore(&artifact_id, "the uploaded configuration")
+            .await?;
+        Ok((tree, self.lease.commit_sha.clone()))
     }
 
     async fn checkout(&mut self) -> Result<(PathBuf, String)> {
@@ -407,22 +428,15 @@ impl Job {
         Ok((tree, sha))
     }
 
-    async fn restore(&mut self) -> Result<PathBuf> {
-        let artifact_id = self.lease.artifact_id.clone();
-        if artifact_id.is_empty() {
-            return Err(Error::InvalidLease(
-                "an apply lease must name the workspace artifact to restore".into(),
-            ));
-        }
+    async fn restore(&mut self, artifact_id: &str, what: &str) -> Result<PathBuf> {
+        let artifact_id = artifact_id.to_owned();
         let span = tracing::info_span!(
             "download",
             run.id = %self.lease.run_id,
             stack.id = %self.lease.stack_id,
             artifact.id = %artifact_id,
         );
-        self.system(&format!(
-            "Restoring the workspace of the plan ({artifact_id})"
-        ));
+        self.system(&format!("Restoring {what} ({artifact_id})"));
         let sealed = self.download(&artifact_id).instrument(span).await?;
         let key = self.lease.workspace_key.clone();
         let run_id = self.lease.run_id.clone();

@@ -1230,6 +1230,11 @@ async fn lease_run(
                 .await?
         }
     };
+    let source_artifact_id = if kind == apb::JobKind::Apply {
+        String::new()
+    } else {
+        crate::deployments::lease_source(state, run, &workspace_key).await?
+    };
     // A PLAN_AND_APPLY lease (tracked runs only) uploads only when ProceedJob asks for it.
     let upload = kind != apb::JobKind::Apply && run.run_type != RunType::Proposed;
     let secrets: Vec<String> = env
@@ -1345,6 +1350,7 @@ async fn lease_run(
         upload_workspace: upload,
         variables,
         run_type: convert::run_type(run.run_type) as i32,
+        source_artifact_id,
     };
     let msg = apb::SessionResponse {
         message: Some(apb::session_response::Message::Lease(lease)),

@@ -35,6 +35,16 @@ pub struct Stored {
     pub size: u64,
 }
 
+/// The artifact a plan lease of an uploaded configuration restores (one per run: each lease
+/// re-seals it with its own data key).
+pub fn source_artifact_id(run_id: &str) -> String {
+    format!("src_{run_id}")
+}
+
+fn upload_aad(digest: &str) -> String {
+    format!("cairn.upload.v1:{digest}")
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -136,11 +146,57 @@ impl ArtifactStore {
         master.unwrap(&wrapped, run_id.as_bytes())
     }
 
+    /// Keeps a normalized uploaded configuration, sealed by the master key, under its digest.
+    pub async fn store_upload(
+        &self,
+        master: &MasterKey,
+        digest: &str,
+        archive: &[u8],
+    ) -> Result<()> {
+        let sealed = master.wrap(archive, upload_aad(digest).as_bytes())?;
+        let path = self.path(&format!("upload_{digest}"), "sealed")?;
+        let tmp = self.path(&format!("upload_{digest}"), "part")?;
+        let io = |e| ServerError::io("storing an uploaded configuration", e);
+        tokio::fs::write(&tmp, sealed).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io)
+    }
+
+    /// Seals the uploaded configuration `digest` for one plan lease of `run_id` (with the data
+    /// key of that lease) and stores it as the run's source artifact.
+    pub async fn seal_upload_for_run(
+        &self,
+        master: &MasterKey,
+        digest: &str,
+        run_id: &str,
+        data_key: &[u8],
+    ) -> Result<String> {
+        let sealed = tokio::fs::read(self.path(&format!("upload_{digest}"), "sealed")?)
+            .await
+            .map_err(|_| {
+                ServerError::precondition(format!("uploaded configuration {digest} is not stored"))
+            })?;
+        let plain = master.unwrap(&sealed, upload_aad(digest).as_bytes())?;
+        let for_run = crate::crypto::seal_workspace(data_key, run_id, &plain)?;
+        let id = source_artifact_id(run_id);
+        let io = |e| ServerError::io("storing a run's source archive", e);
+        tokio::fs::write(
+            self.path(&id, "sha256")?,
+            crate::crypto::sha256_hex(&for_run),
+        )
+        .await
+        .map_err(io)?;
+        tokio::fs::write(self.path(&id, "bin")?, for_run)
+            .await
+            .map_err(io)?;
+        Ok(id)
+    }
+
     /// Removes a run's workspace (discard, after apply, after a failure).
     pub async fn delete_run(&self, run_id: &str, artifact_id: &str) {
         if !artifact_id.is_empty() {
             self.delete(artifact_id).await;
         }
+        self.delete(&source_artifact_id(run_id)).await;
         if let Ok(p) = self.path(run_id, "key") {
             let _ = tokio::fs::remove_file(p).await;
         }

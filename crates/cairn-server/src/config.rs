@@ -47,6 +47,9 @@ pub struct Config {
     /// Plan/apply cycles a deployment run may take: a plan that still has changes in this
     /// cycle fails the run ("did not converge"). TOML `[deployments] max_cycles`.
     pub deployment_max_cycles: u32,
+    /// The largest uploaded configuration (tar.gz) CreateConfigurationVersion accepts, in
+    /// bytes. TOML `[deployments] upload_max_bytes`.
+    pub deployment_upload_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             webhook_max_bytes: crate::vcs::DEFAULT_WEBHOOK_MAX_BYTES,
             git_poll_interval: Duration::from_secs(2),
             deployment_max_cycles: 5,
+            deployment_upload_max_bytes: crate::uploads::DEFAULT_UPLOAD_MAX_BYTES,
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct ConfigLayer {
 #[serde(deny_unknown_fields)]
 pub struct DeploymentsLayer {
     pub max_cycles: Option<u32>,
+    pub upload_max_bytes: Option<u64>,
 }
 
 impl Config {
@@ -187,8 +192,11 @@ impl Config {
         if let Some(v) = git_poll_interval {
             self.git_poll_interval = v;
         }
-        if let Some(v) = deployments.and_then(|d| d.max_cycles) {
+        if let Some(v) = deployments.as_ref().and_then(|d| d.max_cycles) {
             self.deployment_max_cycles = v;
+        }
+        if let Some(v) = deployments.and_then(|d| d.upload_max_bytes) {
+            self.deployment_upload_max_bytes = v;
         }
     }
 
@@ -216,6 +224,11 @@ impl Config {
         if self.max_workflow_runs == 0 {
             return Err(ServerError::Config(
                 "max_workflow_runs must be positive".into(),
+            ));
+        }
+        if self.deployment_upload_max_bytes == 0 {
+            return Err(ServerError::Config(
+                "deployments.upload_max_bytes must be positive".into(),
             ));
         }
         if self.deployment_max_cycles == 0 {
@@ -322,6 +335,7 @@ impl ConfigLayer {
                     v.parse()
                         .map(|n| DeploymentsLayer {
                             max_cycles: Some(n),
+                            ..Default::default()
                         })
                         .map_err(|e| parse_err("CAIRN_DEPLOYMENTS_MAX_CYCLES", format!("{e}")))
                 })
@@ -463,6 +477,13 @@ mod tests {
         let mut c = Config::default();
         c.apply(layer);
         assert_eq!(c.deployment_max_cycles, 3);
+        let layer = ConfigLayer::from_toml("[deployments]\nupload_max_bytes = 1024").unwrap();
+        c.apply(layer);
+        assert_eq!(
+            (c.deployment_max_cycles, c.deployment_upload_max_bytes),
+            (3, 1024),
+            "a layer setting one key of the table keeps the other"
+        );
         assert!(ConfigLayer::from_toml("[deployments]\nmax_cycle = 3").is_err());
     }
 }

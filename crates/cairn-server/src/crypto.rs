@@ -15,6 +15,28 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Result, ServerError};
 
+/// Seals `plain` with a run's data key exactly as the agent seals a plan's workspace
+/// (`cairn-agent` workspace.rs: nonce ‖ ciphertext ‖ tag, associated data
+/// `cairn.workspace.v1:<run id>`), so that the agent restores it like one.
+pub fn seal_workspace(data_key: &[u8], run_id: &str, plain: &[u8]) -> Result<Vec<u8>> {
+    let cipher = Aes256Gcm::new_from_slice(data_key)
+        .map_err(|_| ServerError::Crypto("a data key must have 32 bytes".into()))?;
+    let nonce = random_bytes::<NONCE_LEN>();
+    let aad = format!("cairn.workspace.v1:{run_id}");
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            aes_gcm::aead::Payload {
+                msg: plain,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| ServerError::Crypto("sealing a workspace archive failed".into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
 /// Hex SHA-256, the form in which API keys and pool tokens are stored.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

@@ -10,7 +10,9 @@
 //!   commit becomes a configuration version (cairn.toml at that commit merged with the
 //!   API-declared deployments), the run itself becomes the deployment run of the first
 //!   deployment and one run is created for each other one. DeploymentService creates versions
-//!   directly (manual fetch, input changes, removals), and so does [`create_configuration_version`].
+//!   directly (manual fetch, upload, input changes, removals), and so does
+//!   [`create_configuration_version`]. Runs of an uploaded version restore the upload instead
+//!   of checking out Git ([`lease_source`], crate::uploads).
 //! - Runs: plans are leased as ordinary PLAN jobs. A plan that does not hold the deployment lock
 //!   runs with `CAIRN_STATE_READ_ONLY=1`, so Terraform's http backend takes no state lock: plans of
 //!   several configuration versions may exist side by side. A plan with changes waits
@@ -219,6 +221,77 @@ pub async fn create_configuration_version(
         None,
     )
     .await
+}
+
+/// Creates a configuration version (source UPLOAD) from an uploaded tar.gz of the project root:
+/// its cairn.toml merged with the API-declared deployments, one run per deployment, exactly as
+/// for a commit. A refused archive stores nothing. The runs have no commit; their plan leases
+/// restore the upload ([`lease_source`]).
+pub async fn create_uploaded_version(
+    state: &AppState,
+    stack_id: &str,
+    archive: Vec<u8>,
+) -> Result<(ConfigurationVersion, Vec<Run>)> {
+    let stack = state.store.get_stack(stack_id).await?;
+    let (max, root) = (
+        state.config.deployment_upload_max_bytes,
+        stack.project_root.clone(),
+    );
+    let upload =
+        tokio::task::spawn_blocking(move || crate::uploads::normalize(&archive, max, &root))
+            .await
+            .map_err(|e| ServerError::Internal(format!("normalizing the upload: {e}")))??;
+    let file = match &upload.config_file {
+        None => Vec::new(),
+        Some(bytes) => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ServerError::invalid(CONFIG_FILE, "is not UTF-8"))?;
+            parse_config_file(text)?
+        }
+    };
+    state
+        .artifacts
+        .store_upload(&state.master_key, &upload.digest, &upload.archive)
+        .await?;
+    let commit = Commit {
+        branch: stack.branch.clone(),
+        ..Default::default()
+    };
+    create_version(
+        state,
+        &stack,
+        ConfigSource::Upload,
+        commit,
+        "config_version:upload",
+        (upload.digest, file),
+        None,
+    )
+    .await
+}
+
+/// For a plan lease of `run`: when its configuration version was uploaded, the upload sealed
+/// with the lease's data key (the artifact id the agent restores instead of checking out Git);
+/// empty otherwise.
+pub async fn lease_source(state: &AppState, run: &Run, data_key: &[u8]) -> Result<String> {
+    if !run.is_deployment_run() {
+        return Ok(String::new());
+    }
+    let version = state
+        .store
+        .get_configuration_version(&run.stack_id, run.config_version)
+        .await?;
+    if version.source != ConfigSource::Upload {
+        return Ok(String::new());
+    }
+    state
+        .artifacts
+        .seal_upload_for_run(
+            &state.master_key,
+            &version.content_digest,
+            &run.id,
+            data_key,
+        )
+        .await
 }
 
 /// One run a new configuration version asks for.

@@ -27,6 +27,7 @@ pub mod services;
 pub mod state;
 pub mod state_admin;
 pub mod state_backend;
+pub mod uploads;
 pub mod upstream;
 pub mod vcs;
 

@@ -225,11 +225,17 @@ impl Server {
         .add_service(StateServiceServer::new(crate::services::state::StateSvc {
             state: state.clone(),
         }))
-        .add_service(DeploymentServiceServer::new(
-            crate::services::deployment::DeploymentSvc {
+        .add_service(
+            DeploymentServiceServer::new(crate::services::deployment::DeploymentSvc {
                 state: state.clone(),
-            },
-        ))
+            })
+            // An upload arrives in one message; the archive limit is checked with its reason.
+            .max_decoding_message_size(
+                usize::try_from(state.config.deployment_upload_max_bytes)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1 << 20),
+            ),
+        )
         .add_service(health_svc)
         .add_service(reflection)
         .prepare()

@@ -97,6 +97,7 @@ async fn approved_runs_take_the_deployment_lock_in_approval_order() {
     let version = || pb::CreateConfigurationVersionRequest {
         stack_id: "net".into(),
         commit_sha: sha.clone(),
+        archive: Vec::new(),
     };
     let v1 = deployments
         .create_configuration_version(version())

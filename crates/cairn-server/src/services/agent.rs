@@ -128,7 +128,9 @@ impl AgentSvc {
     ) -> Result<mpsc::Receiver<Result<apb::DownloadWorkspaceResponse, Status>>> {
         let lease = lease_of_pool(&self.state, &r.pool_token, &r.lease_id).await?;
         let run = self.state.store.get_run(&lease.run_id).await?;
-        if r.artifact_id.is_empty() || run.artifact_id != r.artifact_id {
+        let source = crate::artifacts::source_artifact_id(&run.id);
+        if r.artifact_id.is_empty() || (run.artifact_id != r.artifact_id && source != r.artifact_id)
+        {
             return Err(ServerError::PermissionDenied(
                 "artifact does not belong to the lease's run".into(),
             ));

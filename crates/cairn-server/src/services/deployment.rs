@@ -250,6 +250,15 @@ impl DeploymentSvc {
         r: pb::CreateConfigurationVersionRequest,
     ) -> Result<(ConfigurationVersion, Vec<Run>)> {
         let stack = self.stack(&r.stack_id).await?;
+        if !r.archive.is_empty() {
+            if !r.commit_sha.is_empty() {
+                return Err(ServerError::invalid(
+                    "commit_sha",
+                    "must be empty when an archive is uploaded",
+                ));
+            }
+            return deployments::create_uploaded_version(&self.state, &stack.id, r.archive).await;
+        }
         let sha = if r.commit_sha.is_empty() {
             stack
                 .tracked_commit

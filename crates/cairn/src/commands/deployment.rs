@@ -289,6 +289,7 @@ pub async fn config_versions(ctx: &Ctx, cmd: ConfigVersionCmd) -> Result<(), Cli
                     pb::CreateConfigurationVersionRequest {
                         stack_id: stack.clone(),
                         commit_sha: commit,
+                        archive: Vec::new(),
                     }
                 )
             )?;
