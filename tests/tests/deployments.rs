@@ -1180,3 +1180,53 @@ async fn bad_uploads_are_refused_and_nothing_is_stored() -> Result<()> {
     assert_eq!(v.run_ids.len(), 1);
     Ok(())
 }
+
+/// SyncStack on a deployment stack makes a configuration version (source MANUAL) of the
+/// commit it moves to, with one run per deployment, as CreateConfigurationVersion does; the
+/// same commit again makes none, and a stack without deployments gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_stack_makes_a_configuration_version_on_a_deployment_stack() -> Result<()> {
+    let server = TestServer::start(ServerOptions::default()).await?;
+    let repo = GitRepo::new()?;
+    repo.write("main.tf", "# first\n")?;
+    let first = repo.commit_and_push("first")?;
+    for id in ["plain", "deployed"] {
+        server
+            .create_stack(
+                stack_spec(id, &repo.url(), "", "terraform", false),
+                vec![],
+                &first,
+            )
+            .await?;
+    }
+    let mut d = server.deployments();
+    d.create_deployment(pb::CreateDeploymentRequest {
+        stack_id: "deployed".into(),
+        name: "dev".into(),
+        ..Default::default()
+    })
+    .await?;
+    repo.write("main.tf", "# second\n")?;
+    let second = repo.commit_and_push("second")?;
+    for id in ["plain", "deployed"] {
+        server.sync(id, &second).await?;
+    }
+    assert!(versions(&server, "plain").await?.is_empty());
+    let v = versions(&server, "deployed").await?;
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(
+        (v[0].seq, v[0].source, v[0].commit_sha.as_str()),
+        (1, pb::ConfigSource::Manual as i32, second.as_str())
+    );
+    let runs = runs_at(&server, "deployed", 1).await?;
+    assert_eq!(
+        runs.iter()
+            .map(|r| (r.deployment.as_str(), r.triggered_by.as_str()))
+            .collect::<Vec<_>>(),
+        [("dev", "config_version:manual")]
+    );
+    // Syncing to the same commit again: nothing new.
+    server.sync("deployed", &second).await?;
+    assert_eq!(versions(&server, "deployed").await?.len(), 1);
+    Ok(())
+}

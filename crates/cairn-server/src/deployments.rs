@@ -294,6 +294,53 @@ pub async fn lease_source(state: &AppState, run: &Run, data_key: &[u8]) -> Resul
         .await
 }
 
+/// After SyncStack moved the tracked commit: on a deployment stack (API deployments, or a
+/// cairn.toml at the commit) a configuration version of that commit (source MANUAL) with one
+/// run per deployment, as CreateConfigurationVersion makes, unless the newest version already
+/// is that commit with the same configuration.
+pub async fn after_sync(state: &AppState, stack: &Stack) -> Result<()> {
+    let Some(commit) = stack.tracked_commit.clone() else {
+        return Ok(());
+    };
+    let declared = !state.store.list_deployments(&stack.id).await?.is_empty();
+    if !declared {
+        match has_config_file(state, stack, &commit.hash).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            // Not fetchable: not a deployment stack as far as anyone can tell (and moving the
+            // tracked commit does not need the server's Git cache).
+            Err(e) => {
+                tracing::debug!(stack.id = %stack.id, error = %e, "no cairn.toml looked for");
+                return Ok(());
+            }
+        }
+    }
+    // A broken cairn.toml does not undo the sync: the tracked run asked for at this commit
+    // fails naming the file, as without SyncStack.
+    let config = match read_configuration(state, stack, &commit.hash).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(stack.id = %stack.id, error = %e, "no configuration version on sync");
+            return Ok(());
+        }
+    };
+    if !declared && config.1.is_empty() {
+        return Ok(());
+    }
+    create_version_with(
+        state,
+        stack,
+        ConfigSource::Manual,
+        commit,
+        "config_version:manual",
+        config,
+        None,
+        true,
+    )
+    .await?;
+    Ok(())
+}
+
 /// One run a new configuration version asks for.
 struct RunSpec {
     deployment: String,
@@ -311,6 +358,33 @@ async fn create_version(
     (digest, file): (String, Vec<DeploymentSnapshot>),
     adopt: Option<Run>,
 ) -> Result<(ConfigurationVersion, Vec<Run>)> {
+    let dedup = adopt.is_some();
+    create_version_with(
+        state,
+        stack,
+        source,
+        commit,
+        triggered_by,
+        (digest, file),
+        adopt,
+        dedup,
+    )
+    .await
+}
+
+/// [`create_version`]; with `dedup`, a commit whose newest version already has the same
+/// configuration makes no new version (and cancels the adopted run, if any).
+#[allow(clippy::too_many_arguments)]
+async fn create_version_with(
+    state: &AppState,
+    stack: &Stack,
+    source: ConfigSource,
+    commit: Commit,
+    triggered_by: &str,
+    (digest, file): (String, Vec<DeploymentSnapshot>),
+    adopt: Option<Run>,
+    dedup: bool,
+) -> Result<(ConfigurationVersion, Vec<Run>)> {
     let _unit = creation_lock().lock().await;
     sync_file_deployments(state, &stack.id, &file).await?;
     let rows = state.store.list_deployments(&stack.id).await?;
@@ -321,7 +395,7 @@ async fn create_version(
         .collect();
     // A commit Cairn already made a version of (the poller and a manual trigger noticing the
     // same push, say) is not a new configuration: no new version, no new runs.
-    if let Some(r) = &adopt {
+    if dedup {
         let latest = state
             .store
             .list_configuration_versions(&stack.id, 0, 1)
@@ -330,14 +404,16 @@ async fn create_version(
             .into_iter()
             .find(|v| v.commit_sha == commit.hash && v.same_configuration(&digest, &snapshots))
         {
-            let note = format!(
-                "configuration version {} already has commit {}: nothing new to run",
-                v.seq, commit.hash
-            );
-            state
-                .transition(&r.id, RunEvent::Cancel, &note, RunPatch::default())
-                .await?;
-            state.system_log(&r.id, note).await;
+            if let Some(r) = &adopt {
+                let note = format!(
+                    "configuration version {} already has commit {}: nothing new to run",
+                    v.seq, commit.hash
+                );
+                state
+                    .transition(&r.id, RunEvent::Cancel, &note, RunPatch::default())
+                    .await?;
+                state.system_log(&r.id, note).await;
+            }
             return Ok((v, Vec::new()));
         }
     }

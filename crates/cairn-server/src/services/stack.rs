@@ -184,12 +184,15 @@ impl StackSvc {
                 ..Default::default()
             },
         };
-        self.state
+        let stack = self
+            .state
             .mutate_stack(&stack.id, move |s| {
                 s.tracked_commit = Some(commit.clone());
                 Ok(())
             })
-            .await
+            .await?;
+        crate::deployments::after_sync(&self.state, &stack).await?;
+        Ok(stack)
     }
 }
 
