@@ -444,7 +444,7 @@ async fn deployments_converge_in_approval_order_and_removal_destroys() -> Result
     );
     assert_eq!(read(&prod_dir.join("a.txt")).as_deref(), Some("prod-2"));
     assert_eq!(read(&prod_dir.join("b.txt")).as_deref(), Some("converged"));
-    assert_eq!(deployment(&server, "app", "prod").await?.lock_holder, "");
+    lock_released(&server, "app", "prod").await?;
     let conv = server
         .deployments()
         .get_convergence(pb::GetConvergenceRequest {
@@ -485,7 +485,12 @@ async fn deployments_converge_in_approval_order_and_removal_destroys() -> Result
     .await?;
     assert_eq!(read(&dev_dir.join("a.txt")), None);
     assert_eq!(read(&dev_dir.join("b.txt")), None);
-    let dev = deployment(&server, "app", "dev").await?;
+    // The removal is recorded when the server handles the run's end, just after FINISHED.
+    let dev = wait_until("dev marked removed", WAIT, || async {
+        let dev = deployment(&server, "app", "dev").await?;
+        Ok(dev.removed.then_some(dev))
+    })
+    .await?;
     assert!(dev.deleted && dev.removed, "{dev:?}");
     let conv = server
         .deployments()
@@ -609,11 +614,21 @@ async fn a_run_that_never_converges_fails_at_the_cycle_cap() -> Result<()> {
             (K::Plan, T::Failed),
         ]
     );
-    assert_eq!(
-        deployment(&server, "clock", "default").await?.lock_holder,
-        ""
-    );
+    lock_released(&server, "clock", "default").await?;
     Ok(())
+}
+
+/// The server releases the deployment lock when it handles the run's end, just after the run
+/// turns terminal.
+async fn lock_released(server: &TestServer, stack: &str, name: &str) -> Result<()> {
+    wait_until("the deployment lock released", WAIT, || async {
+        Ok(deployment(server, stack, name)
+            .await?
+            .lock_holder
+            .is_empty()
+            .then_some(()))
+    })
+    .await
 }
 
 fn code_of<T: std::fmt::Debug>(r: std::result::Result<T, tonic::Status>) -> (tonic::Code, String) {
