@@ -495,13 +495,9 @@ impl Agent {
 
     fn refuse(&self, lease: &Lease, reason: &str) {
         tracing::warn!(lease.id = %lease.lease_id, "refusing lease: {reason}");
-        let _ = self.events_tx.send(JobEvent {
-            lease_id: lease.lease_id.clone(),
-            run_id: lease.run_id.clone(),
-            event: Some(job_event::Event::Failed(JobFailed {
-                reason: reason.to_owned(),
-            })),
-        });
+        let _ = self
+            .events_tx
+            .send(failed(&lease.lease_id, &lease.run_id, reason.to_owned()));
     }
 
     fn start(&self, lease: Lease, decision_timeout: Duration) {
@@ -535,41 +531,40 @@ impl Agent {
                     () = control.cancel.cancelled() => None,
                 },
             };
-            let Some(_permit) = permit else {
-                jobs.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&lease_id);
-                done.notify_one();
-                let reason = if control.cancel.is_cancelled() {
-                    "the job was cancelled before it started".to_owned()
-                } else {
-                    format!("the agent already runs its maximum of {max_jobs} jobs")
-                };
-                tracing::warn!(lease.id = %lease_id, "refusing lease: {reason}");
-                let _ = events.send(JobEvent {
-                    lease_id,
-                    run_id,
-                    event: Some(job_event::Event::Failed(JobFailed { reason })),
-                });
-                return;
+            let failure = match permit {
+                None if control.cancel.is_cancelled() => {
+                    Some("the job was cancelled before it started".to_owned())
+                }
+                None => Some(format!(
+                    "the agent already runs its maximum of {max_jobs} jobs"
+                )),
+                // A panic inside a job must not take the agent down or leak its lease slot.
+                Some(_permit) => tokio::spawn(job::run(shared, lease, events.clone(), control))
+                    .await
+                    .err()
+                    .map(|e| {
+                        tracing::error!(lease.id = %lease_id, "job task panicked: {e}");
+                        "internal agent error: the job task panicked".to_owned()
+                    }),
             };
-            // A panic inside a job must not take the agent down or leak its lease slot.
-            let outcome = tokio::spawn(job::run(shared, lease, events.clone(), control)).await;
-            if let Err(e) = outcome {
-                tracing::error!(lease.id = %lease_id, "job task panicked: {e}");
-                let _ = events.send(JobEvent {
-                    lease_id: lease_id.clone(),
-                    run_id,
-                    event: Some(job_event::Event::Failed(JobFailed {
-                        reason: "internal agent error: the job task panicked".into(),
-                    })),
-                });
+            if let Some(reason) = failure {
+                tracing::warn!(lease.id = %lease_id, "lease ends without a job result: {reason}");
+                let _ = events.send(failed(&lease_id, &run_id, reason));
             }
             jobs.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&lease_id);
             done.notify_one();
         });
+    }
+}
+
+/// The one terminal event of a lease the agent could not run to its end by itself.
+fn failed(lease_id: &str, run_id: &str, reason: String) -> JobEvent {
+    JobEvent {
+        lease_id: lease_id.to_owned(),
+        run_id: run_id.to_owned(),
+        event: Some(job_event::Event::Failed(JobFailed { reason })),
     }
 }
 
