@@ -11,8 +11,8 @@ use cairn_proto::agent::v1::{
     ProceedJob, UploadWorkspaceRequest, WorkspaceStored,
 };
 use cairn_proto::runner::v1::{
-    apply_response, plan_response, ApplyRequest, ApplyResult, DescribeRequest, PhaseEvent,
-    PlanRequest, PlanResult, Workspace,
+    apply_response, plan_response, ApplyRequest, ApplyResult, DescribeRequest, DescribeResponse,
+    PhaseEvent, PlanRequest, PlanResult, Workspace,
 };
 use cairn_proto::v1::{LogLine, LogStream, Phase};
 use cairn_runner_sdk::{LaunchOptions, PluginHandle, Redactor};
@@ -26,6 +26,15 @@ use crate::workspace;
 use crate::{Config, Error, Result};
 
 const PLUGIN_STDERR_TAIL: usize = 20;
+
+type RunnerClient = cairn_proto::runner::v1::runner_service_client::RunnerServiceClient<Channel>;
+
+/// A started plugin and its answer to Describe (kept apart: a failed Describe is reported with
+/// the plugin's stderr, which needs the job).
+type Launched = Result<(
+    PluginHandle,
+    std::result::Result<DescribeResponse, tonic::Status>,
+)>;
 
 /// What every job shares: settings, the repository caches, a channel to the control plane.
 pub(crate) struct Shared {
@@ -300,12 +309,12 @@ impl Job {
             .map_err(Error::io(format!("creating {}", self.dir.display())))?;
         match self.lease.kind() {
             JobKind::Plan => {
-                let (tree, commit) = self.source().await?;
+                let (tree, commit) = self.source_and_plugin(plugin).await?;
                 self.plan(&tree, &commit, plugin, self.lease.upload_workspace)
                     .await?;
             }
             JobKind::PlanAndApply => {
-                let (tree, commit) = self.source().await?;
+                let (tree, commit) = self.source_and_plugin(plugin).await?;
                 let result = self.plan(&tree, &commit, plugin, false).await?;
                 // A failed plan has nothing to apply; a no-op plan finishes the run.
                 if result.success && !result.no_op {
@@ -319,9 +328,13 @@ impl Job {
                         "an apply lease must name the workspace artifact to restore".into(),
                     ));
                 }
-                let tree = self
-                    .restore(&artifact_id, "the workspace of the plan")
-                    .await?;
+                let launch = self.launch_plugin();
+                let (tree, launched) = tokio::join!(
+                    self.restore(&artifact_id, "the workspace of the plan"),
+                    launch
+                );
+                let tree = tree?;
+                self.adopt_plugin(plugin, launched)?;
                 self.apply(&tree, plugin).await?;
             }
             JobKind::Unspecified => {
@@ -364,6 +377,20 @@ impl Job {
             self.system(&format!("Not applying{reason}"));
         }
         Ok(())
+    }
+
+    /// [`Job::source`] while the plugin starts: neither needs the other, and both are on the
+    /// path from lease to first Plan call. A failed checkout wins over a failed launch (it is
+    /// what the run's author has to fix first); the launched plugin is then dropped.
+    async fn source_and_plugin(
+        &mut self,
+        plugin: &mut Option<PluginHandle>,
+    ) -> Result<(PathBuf, String)> {
+        let launch = self.launch_plugin();
+        let (source, launched) = tokio::join!(self.source(), launch);
+        let source = source?;
+        self.adopt_plugin(plugin, launched)?;
+        Ok(source)
     }
 
     /// The tree a plan starts from: the Git checkout, or an uploaded configuration the control
@@ -597,80 +624,93 @@ impl Job {
         cairn_runner_sdk::plugin_binary_name(&self.lease.vendor)
     }
 
-    /// Starts the stack's plugin once per job and returns a client for it.
-    async fn plugin_client(
-        &mut self,
-        plugin: &mut Option<PluginHandle>,
-    ) -> Result<cairn_proto::runner::v1::runner_service_client::RunnerServiceClient<Channel>> {
+    /// The client of the job's plugin, started now unless it already runs.
+    async fn plugin_client(&mut self, plugin: &mut Option<PluginHandle>) -> Result<RunnerClient> {
         if let Some(handle) = plugin {
             return Ok(handle.client.clone());
         }
-        if self.lease.vendor.is_empty()
-            || !self
-                .lease
-                .vendor
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(Error::InvalidLease(format!(
-                "vendor `{}` is not a plugin name",
-                self.lease.vendor
-            )));
-        }
+        let launched = self.launch_plugin().await;
+        self.adopt_plugin(plugin, launched)
+    }
+
+    /// Starts the stack's plugin and asks it to describe itself. The future owns what it needs,
+    /// so it can run beside the checkout that borrows the job.
+    fn launch_plugin(&self) -> impl std::future::Future<Output = Launched> + Send + 'static {
         let span = tracing::info_span!(
             "init",
             run.id = %self.lease.run_id,
             stack.id = %self.lease.stack_id,
             vendor = %self.lease.vendor,
         );
-        async {
-            let binary =
-                cairn_runner_sdk::find_plugin(&self.lease.vendor, &self.shared.config.plugin_path)?;
-            let tail = Arc::clone(&self.plugin_tail);
-            let redactor = self.redactor.clone();
-            let options = LaunchOptions {
-                handshake_timeout: self.shared.config.handshake_timeout,
-                on_stderr: Arc::new(move |line| {
-                    let line = redactor.redact(line);
-                    tracing::info!(target: "cairn_agent::plugin", "{line}");
-                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if tail.len() == PLUGIN_STDERR_TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }),
-                env: self
-                    .shared
-                    .config
-                    .otlp_endpoint
-                    .iter()
-                    .map(|e| (cairn_runner_sdk::OTLP_ENDPOINT_ENV.into(), e.into()))
-                    .collect(),
-            };
+        let vendor = self.lease.vendor.clone();
+        let plugin_path = self.shared.config.plugin_path.clone();
+        let tail = Arc::clone(&self.plugin_tail);
+        let redactor = self.redactor.clone();
+        let options = LaunchOptions {
+            handshake_timeout: self.shared.config.handshake_timeout,
+            on_stderr: Arc::new(move |line| {
+                let line = redactor.redact(line);
+                tracing::info!(target: "cairn_agent::plugin", "{line}");
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == PLUGIN_STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }),
+            env: self
+                .shared
+                .config
+                .otlp_endpoint
+                .iter()
+                .map(|e| (cairn_runner_sdk::OTLP_ENDPOINT_ENV.into(), e.into()))
+                .collect(),
+        };
+        async move {
+            if vendor.is_empty()
+                || !vendor
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(Error::InvalidLease(format!(
+                    "vendor `{vendor}` is not a plugin name"
+                )));
+            }
+            let binary = cairn_runner_sdk::find_plugin(&vendor, &plugin_path)?;
             let handle = cairn_runner_sdk::launch(&binary, options).await?;
-            let mut client = handle.client.clone();
-            *plugin = Some(handle);
             let mut request = tonic::Request::new(DescribeRequest {});
             cairn_telemetry::propagation::inject_metadata(request.metadata_mut());
-            let described = client
+            let described = handle
+                .client
+                .clone()
                 .describe(request)
                 .await
-                .map_err(|s| self.call_failed("describe", &s))?
-                .into_inner();
-            self.system(&format!(
-                "Runner plugin {} {}{}",
-                described.vendor,
-                described.version,
-                if described.vendor_version.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} {})", described.vendor, described.vendor_version)
-                }
-            ));
-            Ok(client)
+                .map(tonic::Response::into_inner);
+            Ok((handle, described))
         }
         .instrument(span)
-        .await
+    }
+
+    /// Keeps a launched plugin for the job (so that it is stopped with it) and logs what it is.
+    fn adopt_plugin(
+        &mut self,
+        plugin: &mut Option<PluginHandle>,
+        launched: Launched,
+    ) -> Result<RunnerClient> {
+        let (handle, described) = launched?;
+        let client = handle.client.clone();
+        *plugin = Some(handle);
+        let described = described.map_err(|s| self.call_failed("describe", &s))?;
+        self.system(&format!(
+            "Runner plugin {} {}{}",
+            described.vendor,
+            described.version,
+            if described.vendor_version.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} {})", described.vendor, described.vendor_version)
+            }
+        ));
+        Ok(client)
     }
 
     fn call_failed(&self, call: &'static str, status: &tonic::Status) -> Error {

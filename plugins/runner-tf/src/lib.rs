@@ -118,8 +118,15 @@ fn vendor_env(ws: &Workspace) -> HashMap<String, String> {
     }
     env.insert("TF_IN_AUTOMATION".into(), "1".into());
     env.insert("TF_INPUT".into(), "0".into());
+    env.entry(NO_FORK.0.into())
+        .or_insert_with(|| NO_FORK.1.into());
     env
 }
+
+/// Terraform (up to 1.0) and OpenTofu re-execute themselves under a panic catcher that only
+/// writes crash.log; the plugin keeps the vendor's stderr anyway, and the second process start
+/// costs ~40 ms per command. A stack can still set `TF_FORK` itself.
+const NO_FORK: (&str, &str) = ("TF_FORK", "0");
 
 fn redactor(ws: Option<&Workspace>) -> Redactor {
     Redactor::new(
@@ -444,6 +451,7 @@ impl RunnerService for TfRunner {
     ) -> Result<Response<DescribeResponse>, Status> {
         // A missing CLI is reported by Plan/Apply with the vendor's error; Describe stays useful.
         let vendor_version = match VendorCommand::new(&self.binary)
+            .env(NO_FORK.0, NO_FORK.1)
             .args(["version", "-json"])
             .output()
             .await

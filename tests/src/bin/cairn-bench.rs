@@ -26,18 +26,22 @@ const SECTIONS: [&str; 6] = ["store", "getrun", "policy", "push", "terraform", "
 
 struct Args {
     quick: bool,
+    /// Print the log of the last Terraform run with each line's time since the run was queued.
+    timeline: bool,
     only: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         quick: false,
+        timeline: false,
         only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
+            "--timeline" => args.timeline = true,
             "--only" => {
                 let s = it
                     .next()
@@ -51,7 +55,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "cairn-bench [--quick] [[--only] store|getrun|policy|push|terraform|webhook]"
+                    "cairn-bench [--quick] [--timeline] [[--only] store|getrun|policy|push|terraform|webhook]"
                 );
                 std::process::exit(0);
             }
@@ -157,7 +161,10 @@ async fn run(args: Args) -> Result<()> {
         section("push", push_fan_out(args.quick).await);
     }
     if wants("terraform") {
-        section("terraform", terraform_overhead(args.quick).await);
+        section(
+            "terraform",
+            terraform_overhead(args.quick, args.timeline).await,
+        );
     }
     if wants("webhook") {
         section("webhook", webhook::run(args.quick).await);
@@ -528,7 +535,7 @@ fn plugin_dir() -> Result<PathBuf> {
 
 /// The same configuration as a tracked run of an autodeploy stack: trigger to FINISHED, with a
 /// real server and a real agent (in this process) running the real plugin.
-async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<(Duration, String)> {
+async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<(Duration, pb::Run)> {
     let out = root.join("out");
     std::fs::create_dir_all(&out).map_err(|e| Error::io("mkdir", e))?;
     let repo = GitRepo::new()?;
@@ -552,7 +559,34 @@ async fn through_cairn(server: &TestServer, root: &Path, i: usize) -> Result<(Du
             run.delta
         )));
     }
-    Ok((took, phases(&run)))
+    Ok((took, run))
+}
+
+/// The run's log, each line with its time since the run was queued: where the time went.
+async fn print_timeline(server: &TestServer, run: &pb::Run) -> Result<()> {
+    let queued = run.states_history.first().map_or(0, |h| h.timestamp);
+    let mut after = 0;
+    loop {
+        let lines = server
+            .runs()
+            .get_run_logs(pb::GetRunLogsRequest {
+                run_id: run.id.clone(),
+                after_seq: after,
+                limit: 1000,
+            })
+            .await?
+            .into_inner()
+            .lines;
+        let Some(last) = lines.last() else {
+            return Ok(());
+        };
+        after = last.seq;
+        for l in &lines {
+            let at = l.timestamp.saturating_sub(queued) as f64 / 1e6;
+            let message: String = l.message.chars().take(110).collect();
+            println!("[terraform timeline] {at:>7.1}ms {message}");
+        }
+    }
 }
 
 /// Time spent in each state of a run, from its history ("QUEUED 3ms, PREPARING 120ms, ...").
@@ -570,7 +604,7 @@ fn phases(run: &pb::Run) -> String {
         .join(", ")
 }
 
-async fn terraform_overhead(quick: bool) -> Result<()> {
+async fn terraform_overhead(quick: bool, timeline: bool) -> Result<()> {
     let rounds = if quick { 1 } else { 3 };
     let plugins = plugin_dir()?;
     let server = TestServer::start(ServerOptions::default()).await?;
@@ -596,7 +630,11 @@ async fn terraform_overhead(quick: bool) -> Result<()> {
         let h = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
         hand.push(tokio::task::block_in_place(|| by_hand(h.path()))?);
         let c = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
-        let (took, phases) = through_cairn(&server, c.path(), i).await?;
+        let (took, run) = through_cairn(&server, c.path(), i).await?;
+        if timeline && i + 1 == rounds {
+            print_timeline(&server, &run).await?;
+        }
+        let phases = phases(&run);
         cairn.push(took);
         println!(
             "[terraform] round {}: by hand {:.0}ms, through Cairn {:.0}ms ({phases})",
