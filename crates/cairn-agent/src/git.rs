@@ -49,6 +49,38 @@ async fn git(args: &[&str], env: &[(&str, &Path)]) -> Result<Output> {
     })
 }
 
+/// `git fetch` checks whether the repository needs housekeeping before it returns; that check is
+/// a process start on the way from lease to plan, so fetches skip it and
+/// [`maintain_in_background`] runs it beside the job instead.
+const NO_AUTO_MAINTENANCE: &str = "maintenance.auto=false";
+
+/// `git maintenance run --auto` on a cache, not awaited: it does work only when the cache has
+/// grown enough loose objects or packs, and git's own locks keep it safe beside later fetches.
+fn maintain_in_background(cache: &str) {
+    let cache = cache.to_owned();
+    tokio::spawn(async move {
+        match git(
+            &[
+                "--git-dir",
+                &cache,
+                "maintenance",
+                "run",
+                "--auto",
+                "--quiet",
+            ],
+            &[],
+        )
+        .await
+        {
+            Ok(out) if !out.ok => {
+                tracing::debug!(cache = %cache, "git maintenance: {}", out.stderr);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(cache = %cache, "git maintenance: {e}"),
+        }
+    });
+}
+
 fn is_full_sha(s: &str) -> bool {
     (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -157,6 +189,8 @@ impl GitCache {
             // GitLab); the branch fetch below covers the others.
             let by_sha = git(
                 &[
+                    "-c",
+                    NO_AUTO_MAINTENANCE,
                     "--git-dir",
                     cache,
                     "fetch",
@@ -169,6 +203,7 @@ impl GitCache {
             )
             .await?;
             if by_sha.ok {
+                maintain_in_background(cache);
                 if let Some(sha) = self.has_commit(cache, commit).await? {
                     return Ok(sha);
                 }
@@ -186,6 +221,8 @@ impl GitCache {
         let refspec = format!("+{source}:{local_ref}");
         let out = git(
             &[
+                "-c",
+                NO_AUTO_MAINTENANCE,
                 "--git-dir",
                 cache,
                 "fetch",
@@ -197,6 +234,9 @@ impl GitCache {
             &[],
         )
         .await?;
+        if out.ok {
+            maintain_in_background(cache);
+        }
         if !out.ok {
             // Tell "the repository is unreachable" from "it has no such branch or commit".
             let probe = git(&["ls-remote", "--heads", repository], &[]).await?;
