@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// regorus' interpreter allocates at almost every step of a policy evaluation; with mimalloc a
+/// trigger policy over 10,000 stacks evaluates about a quarter faster than with glibc's malloc
+/// (cairn-bench's policy section).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = cairn::cli::Cli::parse();
     if cli.command.is_client_verb() {

@@ -22,6 +22,11 @@ use cairn_tests::{
 };
 use tonic::transport::Channel;
 
+/// The `cairn` binary's allocator, so that the work this process does itself (policy
+/// evaluations, the push fan-out's server state) is measured as the server runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECTIONS: [&str; 6] = ["store", "getrun", "policy", "push", "terraform", "webhook"];
 
 struct Args {
