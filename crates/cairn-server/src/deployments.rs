@@ -77,6 +77,30 @@ fn file_index() -> std::sync::MutexGuard<'static, FileIndex> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// Records the cairn.toml paths of a pushed commit when they follow from its parent's without
+/// a fetch: the paths at `before` are known and `changed` (every path that differs between
+/// `before` and `after`) names no cairn.toml. Telling a pushed tracked run from a deployment
+/// run then costs no git call on the webhook-to-run path.
+pub(crate) fn learn_config_paths(repository: &str, before: &str, after: &str, changed: &[String]) {
+    if changed
+        .iter()
+        .any(|p| p == CONFIG_FILE || p.ends_with(&format!("/{CONFIG_FILE}")))
+    {
+        return;
+    }
+    let mut index = file_index();
+    let Some(paths) = index
+        .get(&(repository.to_string(), before.to_string()))
+        .cloned()
+    else {
+        return;
+    };
+    if index.len() >= 1024 {
+        index.clear();
+    }
+    index.insert((repository.to_string(), after.to_string()), paths);
+}
+
 /// Whether `stack`'s project root has a cairn.toml at `sha`.
 async fn has_config_file(state: &AppState, stack: &Stack, sha: &str) -> Result<bool> {
     let root = stack.project_root.trim_matches('/');

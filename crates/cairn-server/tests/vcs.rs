@@ -1500,3 +1500,149 @@ track {
         .iter()
         .any(|n| n.contains("pull request 9") && n.contains("head is unknown")));
 }
+
+/// A GitHub push of `main` from `before` to `after` (one commit listing `changed`, as modified,
+/// added and removed).
+fn main_push(
+    repo: &str,
+    (before, after): (&str, &str),
+    [modified, added, removed]: [&[&str]; 3],
+    forced: bool,
+) -> Value {
+    let mut push = master_push();
+    push["ref"] = Value::from("refs/heads/main");
+    push["before"] = Value::from(before);
+    push["after"] = Value::from(after);
+    push["forced"] = Value::from(forced);
+    let mut c = push["commits"][0].clone();
+    c["id"] = Value::from(after);
+    c["modified"] = serde_json::json!(modified);
+    c["added"] = serde_json::json!(added);
+    c["removed"] = serde_json::json!(removed);
+    push["commits"] = Value::from(vec![c.clone()]);
+    push["head_commit"] = c;
+    push["repository"]["clone_url"] = Value::from(repo);
+    push["repository"]["full_name"] = Value::from("local/infra");
+    push
+}
+
+/// Leases the next run to `agent` and finishes it with an empty plan; its id. A lease proves
+/// that the scheduler has told whether the run is a deployment run (it does before leasing).
+async fn plan_next(server: &TestServer, agent: &mut common::TestAgent) -> pb::Run {
+    let lease = agent.lease().await;
+    agent.plan_through(&lease, &[]).await;
+    server
+        .wait_state(&lease.run_id, pb::RunState::Finished)
+        .await
+}
+
+/// The deployment `run_id` runs for; None for a plain tracked run.
+async fn deployment_of(server: &TestServer, run_id: &str) -> Option<String> {
+    let run = server.state.store.get_run(run_id).await.unwrap();
+    run.is_deployment_run().then_some(run.deployment)
+}
+
+/// Whether the server's Git cache of `repo` holds `sha` (i.e. the server fetched it).
+fn cached(server: &TestServer, repo: &str, sha: &str) -> bool {
+    let name = cairn_server::crypto::sha256_hex(repo.as_bytes());
+    let dir = server
+        .state
+        .config
+        .data_dir
+        .join("git-cache")
+        .join(format!("{}.git", &name[..24]));
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const PROD: &str = "[deployments.prod]\ninputs = { region = \"eu\" }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_adding_cairn_toml_makes_deployment_runs_after_pushes_that_did_not() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    stack(&server, "s", &repo, "main", "network", "gh").await;
+    let mut agent = common::TestAgent::connect(&server, 1).await;
+    let first = git(&work, &["rev-parse", "HEAD"]);
+
+    let c1 = commit(&work, "network/main.tf", "# v2\n", "v2");
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let mf: &[&str] = &["network/main.tf"];
+    let payload = main_push(&repo, (&first, &c1), [mf, &[], &[]], false);
+    let r1 = ingest(&server, "push", "p-1", &payload).await;
+    let done = plan_next(&server, &mut agent).await;
+    assert_eq!(done.id, r1[0]);
+    assert_eq!(deployment_of(&server, &done.id).await, None);
+
+    // The parent's answer carries over: no cairn.toml listed, none at the new commit, and the
+    // server did not fetch to find out.
+    let c2 = commit(&work, "network/main.tf", "# v3\n", "v3");
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let payload = main_push(&repo, (&c1, &c2), [mf, &[], &[]], false);
+    let r2 = ingest(&server, "push", "p-2", &payload).await;
+    let done = plan_next(&server, &mut agent).await;
+    assert_eq!(done.id, r2[0]);
+    assert_eq!(deployment_of(&server, &done.id).await, None);
+    assert!(cached(&server, &repo, &c1));
+    assert!(!cached(&server, &repo, &c2));
+
+    // The push that adds the project root's cairn.toml is looked at: a deployment run.
+    let c3 = commit(&work, "network/cairn.toml", PROD, "deployments");
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let added: &[&str] = &["network/cairn.toml"];
+    let payload = main_push(&repo, (&c2, &c3), [&[], added, &[]], false);
+    let r3 = ingest(&server, "push", "p-3", &payload).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.run_id, r3[0]);
+    assert_eq!(
+        deployment_of(&server, &r3[0]).await.as_deref(),
+        Some("prod")
+    );
+    assert_eq!(server.get_run(&r3[0]).await.commit.unwrap().hash, c3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_push_to_a_commit_with_cairn_toml_makes_deployment_runs() {
+    let server = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bare, work) = repos(tmp.path());
+    let repo = bare.to_str().unwrap().to_string();
+    integration(&server, "gh", pb::VcsProvider::Github).await;
+    stack(&server, "s", &repo, "main", "network", "gh").await;
+    let mut agent = common::TestAgent::connect(&server, 1).await;
+    // History: A adds cairn.toml, B removes it; the stack first hears of B.
+    let a = commit(&work, "network/cairn.toml", PROD, "deployments");
+    std::fs::remove_file(work.join("network/cairn.toml")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "no deployments"]);
+    let b = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let toml: &[&str] = &["network/cairn.toml"];
+    let payload = main_push(&repo, (&a, &b), [&[], &[], toml], false);
+    let r1 = ingest(&server, "push", "p-1", &payload).await;
+    let done = plan_next(&server, &mut agent).await;
+    assert_eq!(done.id, r1[0]);
+    assert_eq!(deployment_of(&server, &done.id).await, None);
+
+    // Main forced back onto A plus a commit touching main.tf: the pushed commit lists no
+    // cairn.toml, yet the new head has A's.
+    git(&work, &["reset", "--quiet", "--hard", &a]);
+    let c = commit(&work, "network/main.tf", "# v2\n", "v2");
+    git(&work, &["push", "--quiet", "--force", "origin", "main"]);
+    let mf: &[&str] = &["network/main.tf"];
+    let payload = main_push(&repo, (&b, &c), [mf, &[], &[]], true);
+    let r2 = ingest(&server, "push", "p-2", &payload).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.run_id, r2[0]);
+    assert_eq!(
+        deployment_of(&server, &r2[0]).await.as_deref(),
+        Some("prod")
+    );
+}

@@ -236,11 +236,16 @@ async fn handle(state: &AppState, rec: &VcsEventRecord) -> Result<Outcome> {
                 out.notes
                     .push(format!("no stack uses {}", p.repository.full_name));
             }
-            let files = push_files(state, &p, &groups).await;
-            let files = files.unwrap_or_else(|e| {
-                out.notes.push(format!("affected files unknown: {e}"));
-                Vec::new()
-            });
+            let files = match push_files(state, &p, &groups).await {
+                Ok(files) => {
+                    learn_config_paths(&p, &groups, &files);
+                    files
+                }
+                Err(e) => {
+                    out.notes.push(format!("affected files unknown: {e}"));
+                    Vec::new()
+                }
+            };
             push_to_stacks(state, &groups, &p, files, &mut out).await?;
         }
         VcsEvent::PullRequest(pr) => {
@@ -528,6 +533,21 @@ pub(crate) async fn matching_stacks(
         }
     }
     Ok(groups)
+}
+
+/// Lets the scheduler know the cairn.toml paths of the pushed commit from its parent's
+/// ([`crate::deployments::learn_config_paths`]) when `files` is every path that differs between
+/// `before` and `after`: git's diff, or the payload's lists of a GitHub push that did not
+/// rewrite history (a forced push's commits do not account for what it replaced, and GitLab
+/// does not say whether a push was forced).
+fn learn_config_paths(p: &PushEvent, groups: &[(String, Vec<Stack>)], files: &[String]) {
+    let from_payload = p.payload_files().is_some();
+    if is_zero_sha(&p.before) || (from_payload && (p.provider != Provider::GitHub || p.forced)) {
+        return;
+    }
+    for (repository, _) in groups {
+        crate::deployments::learn_config_paths(repository, &p.before, &p.after, files);
+    }
 }
 
 /// From the payload when complete, else `git diff` in the server's cache of a repository it
