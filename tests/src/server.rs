@@ -45,6 +45,8 @@ pub struct ServerOptions {
     pub deployment_max_cycles: u32,
     /// `[deployments] upload_max_bytes` (in-process servers only).
     pub deployment_upload_max_bytes: u64,
+    /// How often local repositories are polled for new commits (in-process servers only).
+    pub git_poll_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +59,7 @@ impl Default for ServerOptions {
             deployment_max_cycles: cairn_server::Config::default().deployment_max_cycles,
             deployment_upload_max_bytes: cairn_server::Config::default()
                 .deployment_upload_max_bytes,
+            git_poll_interval: cairn_server::Config::default().git_poll_interval,
         }
     }
 }
@@ -115,6 +118,7 @@ impl TestServer {
             otlp_endpoint: opts.otlp_endpoint.clone(),
             deployment_max_cycles: opts.deployment_max_cycles,
             deployment_upload_max_bytes: opts.deployment_upload_max_bytes,
+            git_poll_interval: opts.git_poll_interval,
             ..cairn_server::Config::default()
         };
         let server = cairn_server::Server::builder(config).build().await?;

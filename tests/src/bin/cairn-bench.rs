@@ -619,7 +619,14 @@ fn phases(run: &pb::Run) -> String {
 async fn terraform_overhead(quick: bool, timeline: bool) -> Result<()> {
     let rounds = if quick { 1 } else { 5 };
     let plugins = plugin_dir()?;
-    let server = TestServer::start(ServerOptions::default()).await?;
+    // The runs are triggered, as a webhook would: the poller that watches local repositories
+    // (every 2 s by default) would otherwise find each round's push while its run is queued and
+    // fetch the same repository at the same moment.
+    let server = TestServer::start(ServerOptions {
+        git_poll_interval: Duration::from_secs(3600),
+        ..ServerOptions::default()
+    })
+    .await?;
     let work = tempfile::tempdir().map_err(|e| Error::io("temporary dir", e))?;
     let agent_config = cairn_agent::Config {
         server_url: server.url(),
