@@ -194,58 +194,30 @@ fn unix_nanos() -> i128 {
         .unwrap_or_default()
 }
 
-/// The Plan call of `run_id` in the plugin's log: its Unix nanoseconds.
-async fn plan_started(log: &Path, run_id: &str, deadline: Duration) -> Result<i128> {
+/// The `index`-th Plan call (0-based, in call order) in the plugin's log: its run id and Unix
+/// nanoseconds. Only whole lines count (the plugin writes each line at once, but a read may
+/// still land between its bytes).
+async fn nth_plan(log: &Path, index: usize, deadline: Duration) -> Result<(String, i128)> {
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(at) = text.lines().find_map(|l| {
-            let (id, at) = l.split_once(' ')?;
-            (id == run_id).then(|| at.parse::<i128>().ok()).flatten()
-        }) {
-            return Ok(at);
+        let line = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .nth(index);
+        if let Some((id, at)) = line.and_then(|l| l.trim_end().split_once(' ')) {
+            let at = at
+                .parse::<i128>()
+                .map_err(|e| Error::Check(format!("Plan log line {line:?}: {e}")))?;
+            return Ok((id.to_string(), at));
         }
         if started.elapsed() > deadline {
             return Err(Error::Timeout {
-                what: format!("the Plan call of run {run_id}"),
+                what: format!("Plan call {index} of the webhook runs"),
                 after: deadline,
             });
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// The stack's newest run (runs are listed newest first), if any.
-async fn newest_run(server: &TestServer, stack: &str) -> Result<Option<pb::Run>> {
-    Ok(server
-        .runs()
-        .list_runs(pb::ListRunsRequest {
-            stack_id: stack.into(),
-            page: None,
-        })
-        .await?
-        .into_inner()
-        .runs
-        .into_iter()
-        .next())
-}
-
-/// The run the webhook created: the stack's newest run once it is not `known`.
-async fn new_run(server: &TestServer, stack: &str, known: Option<String>) -> Result<pb::Run> {
-    let started = Instant::now();
-    loop {
-        if let Some(run) = newest_run(server, stack).await? {
-            if Some(&run.id) != known.as_ref() {
-                return Ok(run);
-            }
-        }
-        if started.elapsed() > cairn_tests::WAIT {
-            return Err(Error::Timeout {
-                what: format!("a run of {stack} from the webhook"),
-                after: cairn_tests::WAIT,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -295,15 +267,24 @@ async fn latency(quick: bool) -> Result<()> {
             &after,
             "app/main.tf",
         );
-        let known = newest_run(&server, "hook").await?.map(|r| r.id);
         let status = post(addr, "/webhooks/github/gh", &format!("lat-{i}"), &body).await?;
         let accepted = unix_nanos();
         if status != 202 {
             return Err(Error::Check(format!("webhook answered {status}, not 202")));
         }
-        let run = new_run(&server, "hook", known).await?;
-        let planned = plan_started(&log, &run.id, cairn_tests::WAIT).await?;
-        let done = server.wait(&run.id, &[pb::RunState::Finished]).await?;
+        // Found by the plugin's log, not by asking the server for the stack's new run: polling
+        // the server every few milliseconds would take CPU and store reads from the very path
+        // measured. Each round plans one run, after the previous one finished.
+        let (run_id, planned) = nth_plan(&log, i, cairn_tests::WAIT).await?;
+        let done = server.wait(&run_id, &[pb::RunState::Finished]).await?;
+        let commit = done.commit.as_ref().map(|c| c.hash.as_str());
+        if done.stack_id != "hook" || commit != Some(after.as_str()) {
+            return Err(Error::Check(format!(
+                "Plan call {i} was of run {run_id} ({} at {commit:?}), not of the webhook's \
+                 push of {after}",
+                done.stack_id
+            )));
+        }
         if i > 0 {
             let nanos = u64::try_from(planned - accepted).unwrap_or(0);
             lat.push(Duration::from_nanos(nanos));
