@@ -29,12 +29,11 @@ const PLUGIN_STDERR_TAIL: usize = 20;
 
 type RunnerClient = cairn_proto::runner::v1::runner_service_client::RunnerServiceClient<Channel>;
 
-/// A started plugin and its answer to Describe (kept apart: a failed Describe is reported with
-/// the plugin's stderr, which needs the job).
-type Launched = Result<(
-    PluginHandle,
-    std::result::Result<DescribeResponse, tonic::Status>,
-)>;
+type DescribeAnswer = std::result::Result<DescribeResponse, tonic::Status>;
+
+/// A started plugin and its Describe call under way (a failed Describe is reported with the
+/// plugin's stderr, which needs the job).
+type Launched = Result<(PluginHandle, tokio::task::JoinHandle<DescribeAnswer>)>;
 
 /// What every job shares: settings, the repository caches, a channel to the control plane.
 pub(crate) struct Shared {
@@ -141,6 +140,9 @@ struct Job {
     phase: Phase,
     dir: PathBuf,
     plugin_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The plugin's answer to Describe, still on its way: it is logged when it comes rather
+    /// than waited for, since a vendor's version query costs a process start.
+    describing: Option<tokio::task::JoinHandle<DescribeAnswer>>,
 }
 
 /// Runs `lease` to its end and reports exactly one terminal event (a result, `failed` or
@@ -167,6 +169,7 @@ pub(crate) async fn run(
         phase: Phase::Unspecified,
         dir,
         plugin_tail: Arc::default(),
+        describing: None,
         lease,
     };
 
@@ -679,27 +682,52 @@ impl Job {
             let handle = cairn_runner_sdk::launch(&binary, options).await?;
             let mut request = tonic::Request::new(DescribeRequest {});
             cairn_telemetry::propagation::inject_metadata(request.metadata_mut());
-            let described = handle
-                .client
-                .clone()
-                .describe(request)
-                .await
-                .map(tonic::Response::into_inner);
-            Ok((handle, described))
+            let mut client = handle.client.clone();
+            let describing = tokio::spawn(
+                async move {
+                    client
+                        .describe(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+                .in_current_span(),
+            );
+            Ok((handle, describing))
         }
         .instrument(span)
     }
 
-    /// Keeps a launched plugin for the job (so that it is stopped with it) and logs what it is.
+    /// Keeps a launched plugin for the job (so that it is stopped with it).
     fn adopt_plugin(
         &mut self,
         plugin: &mut Option<PluginHandle>,
         launched: Launched,
     ) -> Result<RunnerClient> {
-        let (handle, described) = launched?;
+        let (handle, describing) = launched?;
         let client = handle.client.clone();
         *plugin = Some(handle);
-        let described = described.map_err(|s| self.call_failed("describe", &s))?;
+        self.describing = Some(describing);
+        Ok(client)
+    }
+
+    /// Logs what the plugin is once its Describe answer is in; with `wait`, waits for it. A
+    /// failed Describe fails the job, as a plugin that cannot say what it is is broken.
+    async fn described(&mut self, wait: bool) -> Result<()> {
+        match &self.describing {
+            Some(h) if wait || h.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let Some(handle) = self.describing.take() else {
+            return Ok(());
+        };
+        let described = handle
+            .await
+            .map_err(|e| Error::PluginCall {
+                plugin: self.plugin_name(),
+                call: "describe",
+                detail: e.to_string(),
+            })?
+            .map_err(|s| self.call_failed("describe", &s))?;
         self.system(&format!(
             "Runner plugin {} {}{}",
             described.vendor,
@@ -710,7 +738,7 @@ impl Job {
                 format!(" ({} {})", described.vendor, described.vendor_version)
             }
         ));
-        Ok(client)
+        Ok(())
     }
 
     fn call_failed(&self, call: &'static str, status: &tonic::Status) -> Error {
@@ -796,7 +824,9 @@ impl Job {
                 .map_err(|s| self.call_failed("plan", &s))?
                 .into_inner();
             loop {
-                match stream.message().await {
+                let message = stream.message().await;
+                self.described(false).await?;
+                match message {
                     Ok(Some(message)) => match message.event {
                         Some(plan_response::Event::Log(line)) => self.log(line),
                         Some(plan_response::Event::Phase(p)) => {
@@ -817,6 +847,7 @@ impl Job {
         }
         .instrument(span)
         .await?;
+        self.described(true).await?;
         let mut result = result.ok_or_else(|| self.stream_ended("plan"))?;
         self.advance(Phase::Planning);
         result.error = self.redactor.redact(&result.error);
@@ -860,7 +891,9 @@ impl Job {
                 .map_err(|s| self.call_failed("apply", &s))?
                 .into_inner();
             loop {
-                match stream.message().await {
+                let message = stream.message().await;
+                self.described(false).await?;
+                match message {
                     Ok(Some(message)) => match message.event {
                         Some(apply_response::Event::Log(line)) => self.log(line),
                         // Only the agent decides the phases of an apply job.
@@ -875,6 +908,7 @@ impl Job {
         }
         .instrument(span)
         .await?;
+        self.described(true).await?;
         let mut result = result.ok_or_else(|| self.stream_ended("apply"))?;
         result.error = self.redactor.redact(&result.error);
         result.outputs_json = self.redactor.redact(&result.outputs_json);

@@ -72,6 +72,19 @@ async fn plan_upload_then_apply_restores_the_planned_workspace() {
     assert!(logs
         .iter()
         .any(|l| l.message.contains(&format!("Checked out commit {sha}"))));
+    // The plugin's Describe runs beside the checkout and the plan; its answer is logged once.
+    let described: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.message.starts_with("Runner plugin "))
+        .map(|l| l.message.as_str())
+        .collect();
+    assert_eq!(
+        described,
+        [format!(
+            "Runner plugin testecho {}",
+            env!("CARGO_PKG_VERSION")
+        )]
+    );
     assert!(logs
         .iter()
         .any(|l| l.message.starts_with("+ testecho_file.main.tf (")));
@@ -105,6 +118,14 @@ async fn plan_upload_then_apply_restores_the_planned_workspace() {
         .logs("apply-1")
         .iter()
         .any(|l| l.message == "applied testecho_file.variables.tf"));
+    assert_eq!(
+        plane
+            .logs("apply-1")
+            .iter()
+            .filter(|l| l.message.starts_with("Runner plugin testecho"))
+            .count(),
+        1
+    );
     // The restored tree holds the plan file written while planning, next to the code.
     let restored = work.join("jobs/apply-1/tree/infra");
     assert_eq!(
