@@ -81,6 +81,11 @@ fn maintain_in_background(cache: &str) {
     });
 }
 
+/// A whole SHA-1 or SHA-256 object id, not an abbreviation.
+fn is_object_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn is_full_sha(s: &str) -> bool {
     (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -142,7 +147,7 @@ impl GitCache {
                 "read-tree",
                 "--reset",
                 "-u",
-                &sha,
+                &format!("{sha}^{{commit}}"),
             ],
             &[("GIT_INDEX_FILE", index_file)],
         )
@@ -204,6 +209,11 @@ impl GitCache {
             .await?;
             if by_sha.ok {
                 maintain_in_background(cache);
+                // A fetch by a whole object id brought exactly that object: no rev-parse
+                // (a process start) to learn its id. That it is a commit, read-tree checks.
+                if is_object_id(commit) {
+                    return Ok(commit.to_ascii_lowercase());
+                }
                 if let Some(sha) = self.has_commit(cache, commit).await? {
                     return Ok(sha);
                 }
@@ -391,6 +401,68 @@ mod tests {
             resolve_project_root(&root, "file", "c"),
             Err(Error::ProjectRootNotDir(_))
         ));
+    }
+
+    fn run_git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A whole commit id is checked out without asking the cache what it is; an abbreviated one
+    /// is resolved; an id that names a tree, not a commit, is refused.
+    #[tokio::test]
+    async fn checkout_by_whole_abbreviated_and_non_commit_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        run_git(&repo, &["init", "--quiet", "-b", "main"]);
+        std::fs::write(repo.join("main.tf"), "# one\n").unwrap();
+        run_git(&repo, &["add", "."]);
+        run_git(&repo, &["commit", "--quiet", "-m", "one"]);
+        let commit = run_git(&repo, &["rev-parse", "HEAD"]);
+        let tree = run_git(&repo, &["rev-parse", "HEAD^{tree}"]);
+        let url = repo.to_string_lossy().into_owned();
+        let cache = GitCache::new(dir.path().join("cache"));
+
+        let checkout = |name: &str| {
+            let dest = dir.path().join(name);
+            std::fs::create_dir_all(&dest).unwrap();
+            (dest.clone(), dir.path().join(format!("{name}.index")))
+        };
+        let (dest, index) = checkout("whole");
+        let sha = cache
+            .checkout(&url, &commit.to_uppercase(), "main", &dest, &index)
+            .await
+            .unwrap();
+        assert_eq!(sha, commit);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("main.tf")).unwrap(),
+            "# one\n"
+        );
+
+        let (dest, index) = checkout("short");
+        let sha = cache
+            .checkout(&url, &commit[..12], "main", &dest, &index)
+            .await
+            .unwrap();
+        assert_eq!(sha, commit);
+
+        let (dest, index) = checkout("tree");
+        let err = cache
+            .checkout(&url, &tree, "main", &dest, &index)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(&tree), "{err}");
+        assert!(!dest.join("main.tf").exists());
     }
 
     #[test]
