@@ -638,47 +638,55 @@ async fn an_output_change_missed_by_a_stopped_server_is_propagated_at_start() {
 
     let s = s.restart(Duration::from_secs(60)).await;
     let store = s.state.store.clone();
-    let mut versions = Vec::new();
+    // The version, its run and the run's log line are written one after another by the
+    // start-up catch-up: wait for the last of them.
+    let wanted = "input vpc_id of deployment default reads output vpc_id of net/default, \
+                  changed at serial 2";
+    let mut seen = (Vec::new(), None, Vec::new());
     for _ in 0..500 {
-        versions = store
+        let versions = store
             .list_configuration_versions("app", 0, 10)
             .await
             .unwrap();
-        if versions.len() > 1 {
+        let run = match versions.first() {
+            Some(v) if versions.len() > 1 => store
+                .list_runs("app", &cairn_store::Page::first(10))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|r| r.config_version == v.seq),
+            _ => None,
+        };
+        let logs = match &run {
+            Some(run) => {
+                s.runs(&s.admin)
+                    .get_run_logs(pb::GetRunLogsRequest {
+                        run_id: run.id.clone(),
+                        after_seq: 0,
+                        limit: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .lines
+            }
+            None => Vec::new(),
+        };
+        let done = logs.iter().any(|l| l.message == wanted);
+        seen = (versions, run, logs);
+        if done {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let (versions, run, logs) = seen;
     assert_eq!(versions.len(), 2, "a new configuration version of app");
     assert_eq!(versions[0].source, cairn_core::ConfigSource::Upstream);
     assert_eq!(versions[0].commit_sha, head);
-    let runs = store
-        .list_runs("app", &cairn_store::Page::first(10))
-        .await
-        .unwrap()
-        .items;
-    let run = runs
-        .iter()
-        .find(|r| r.config_version == versions[0].seq)
-        .expect("a run of the new version");
+    let run = run.expect("a run of the new version");
     assert_eq!(run.deployment, "default");
-    let logs = s
-        .runs(&s.admin)
-        .get_run_logs(pb::GetRunLogsRequest {
-            run_id: run.id.clone(),
-            after_seq: 0,
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .lines;
-    assert!(
-        logs.iter().any(|l| l.message
-            == "input vpc_id of deployment default reads output vpc_id of net/default, \
-                changed at serial 2"),
-        "{logs:?}"
-    );
+    assert!(logs.iter().any(|l| l.message == wanted), "{logs:?}");
 
     // net's only consumer is up to date now: a sweep finds nothing more to do.
     assert_eq!(
