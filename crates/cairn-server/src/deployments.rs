@@ -84,21 +84,25 @@ fn file_index() -> std::sync::MutexGuard<'static, FileIndex> {
 pub(crate) fn learn_config_paths(repository: &str, before: &str, after: &str, changed: &[String]) {
     if changed
         .iter()
-        .any(|p| p == CONFIG_FILE || p.ends_with(&format!("/{CONFIG_FILE}")))
+        .any(|p| crate::vcs::cache::is_named(p, CONFIG_FILE))
     {
         return;
     }
-    let mut index = file_index();
-    let Some(paths) = index
+    let known = file_index()
         .get(&(repository.to_string(), before.to_string()))
-        .cloned()
-    else {
-        return;
-    };
+        .cloned();
+    if let Some(paths) = known {
+        remember_config_paths((repository.to_string(), after.to_string()), paths);
+    }
+}
+
+fn remember_config_paths(key: (String, String), paths: Arc<HashSet<String>>) {
+    let mut index = file_index();
+    // Old commits are not asked about again; keep the index small.
     if index.len() >= 1024 {
         index.clear();
     }
-    index.insert((repository.to_string(), after.to_string()), paths);
+    index.insert(key, paths);
 }
 
 /// Whether `stack`'s project root has a cairn.toml at `sha`.
@@ -123,12 +127,7 @@ async fn has_config_file(state: &AppState, stack: &Stack, sha: &str) -> Result<b
     .into_iter()
     .collect();
     let found = paths.contains(&path);
-    let mut index = file_index();
-    // Old commits are not asked about again; keep the index small.
-    if index.len() >= 1024 {
-        index.clear();
-    }
-    index.insert(key, Arc::new(paths));
+    remember_config_paths(key, Arc::new(paths));
     Ok(found)
 }
 

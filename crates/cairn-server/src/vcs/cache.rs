@@ -233,7 +233,26 @@ pub fn paths_named(dir: &Path, sha: &str, name: &str) -> Result<Vec<String>> {
     let out = git(Some(dir), &["ls-tree", "-r", "--name-only", sha])?;
     Ok(String::from_utf8_lossy(&out)
         .lines()
-        .filter(|p| *p == name || p.ends_with(&format!("/{name}")))
+        .filter(|p| is_named(p, name))
         .map(str::to_string)
         .collect())
+}
+
+/// Whether the repository path `path` is a file named `name`, at the root or in any directory.
+pub fn is_named(path: &str, name: &str) -> bool {
+    path.strip_suffix(name)
+        .is_some_and(|dir| dir.is_empty() || dir.ends_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_named;
+
+    #[test]
+    fn a_name_matches_whole_path_components_only() {
+        assert!(is_named("cairn.toml", "cairn.toml"));
+        assert!(is_named("infra/net/cairn.toml", "cairn.toml"));
+        assert!(!is_named("infra/mycairn.toml", "cairn.toml"));
+        assert!(!is_named("cairn.toml.bak", "cairn.toml"));
+    }
 }
