@@ -23,8 +23,8 @@ pub use agent::{AgentOptions, AgentProcess};
 pub use error::{Error, Result};
 pub use git::GitRepo;
 pub use runs::{
-    delta_tuple, history, log_text, stack_spec, state_of, wait_for_state, wait_until, RunClient,
-    StackClient,
+    delta_tuple, history, log_lines, log_text, stack_spec, state_of, wait_for_state, wait_until,
+    RunClient, StackClient,
 };
 pub use server::{Authed, ServerOptions, TestServer};
 pub use terraform::{cairntest_config, FileResource};

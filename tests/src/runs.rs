@@ -61,30 +61,34 @@ fn is_terminal(s: pb::RunState) -> bool {
     )
 }
 
-/// Every stored log line of a run, one per line.
-pub async fn log_text(server: &TestServer, run_id: &str) -> Result<String> {
+/// Every stored log line of a run, page by page.
+pub async fn log_lines(server: &TestServer, run_id: &str) -> Result<Vec<pb::LogLine>> {
     let mut runs = server.runs();
-    let mut out = String::new();
-    let mut after = 0;
+    let mut out = Vec::new();
     loop {
         let lines = runs
             .get_run_logs(pb::GetRunLogsRequest {
                 run_id: run_id.into(),
-                after_seq: after,
+                after_seq: out.last().map_or(0, |l: &pb::LogLine| l.seq),
                 limit: 1000,
             })
             .await?
             .into_inner()
             .lines;
-        let Some(last) = lines.last() else {
+        if lines.is_empty() {
             return Ok(out);
-        };
-        after = last.seq;
-        for l in &lines {
-            out.push_str(&l.message);
-            out.push('\n');
         }
+        out.extend(lines);
     }
+}
+
+/// Every stored log line of a run, one per line.
+pub async fn log_text(server: &TestServer, run_id: &str) -> Result<String> {
+    Ok(log_lines(server, run_id)
+        .await?
+        .iter()
+        .map(|l| format!("{}\n", l.message))
+        .collect())
 }
 
 fn describe(run: &pb::Run) -> String {

@@ -577,28 +577,12 @@ async fn through_cairn(
 /// The run's log, each line with its time since the run was queued: where the time went.
 async fn print_timeline(server: &TestServer, run: &pb::Run) -> Result<()> {
     let queued = run.states_history.first().map_or(0, |h| h.timestamp);
-    let mut after = 0;
-    loop {
-        let lines = server
-            .runs()
-            .get_run_logs(pb::GetRunLogsRequest {
-                run_id: run.id.clone(),
-                after_seq: after,
-                limit: 1000,
-            })
-            .await?
-            .into_inner()
-            .lines;
-        let Some(last) = lines.last() else {
-            return Ok(());
-        };
-        after = last.seq;
-        for l in &lines {
-            let at = l.timestamp.saturating_sub(queued) as f64 / 1e6;
-            let message: String = l.message.chars().take(110).collect();
-            println!("[terraform timeline] {at:>7.1}ms {message}");
-        }
+    for l in cairn_tests::log_lines(server, &run.id).await? {
+        let at = l.timestamp.saturating_sub(queued) as f64 / 1e6;
+        let message: String = l.message.chars().take(110).collect();
+        println!("[terraform timeline] {at:>7.1}ms {message}");
     }
+    Ok(())
 }
 
 /// Time spent in each state of a run, from its history ("QUEUED 3ms, PREPARING 120ms, ...").
