@@ -713,11 +713,7 @@ impl Job {
     /// Logs what the plugin is once its Describe answer is in; with `wait`, waits for it. A
     /// failed Describe fails the job, as a plugin that cannot say what it is is broken.
     async fn described(&mut self, wait: bool) -> Result<()> {
-        match &self.describing {
-            Some(h) if wait || h.is_finished() => {}
-            _ => return Ok(()),
-        }
-        let Some(handle) = self.describing.take() else {
+        let Some(handle) = self.describing.take_if(|h| wait || h.is_finished()) else {
             return Ok(());
         };
         let described = handle
