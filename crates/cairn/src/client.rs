@@ -156,3 +156,22 @@ macro_rules! call {
             .map_err(|s| $api.err(s))
     };
 }
+
+/// Every item of a paged list. `fetch(token)` asks for one page (the first with an empty token)
+/// and returns its items and the next page's token, empty after the last page.
+pub async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), CliError>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}

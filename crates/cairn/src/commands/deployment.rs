@@ -9,6 +9,7 @@ use cairn_proto::v1 as pb;
 use serde_json::{json, Value};
 
 use crate::cli::{ConfigVersionCmd, DeploymentCmd};
+use crate::client::all_pages;
 use crate::error::CliError;
 use crate::output::{now_nanos, relative_time, Table};
 use crate::{call, json, Ctx};
@@ -225,26 +226,22 @@ pub async fn config_versions(ctx: &Ctx, cmd: ConfigVersionCmd) -> Result<(), Cli
     match cmd {
         ConfigVersionCmd::List { stack } => {
             validate::stack_id("stack", &stack)?;
-            let api = ctx.api().await?;
-            let mut versions = Vec::new();
-            let mut token = String::new();
-            loop {
+            let api = &ctx.api().await?;
+            let stack = &stack;
+            let versions = all_pages(|page_token| async move {
                 let page = call!(
                     api,
                     api.deployments().list_configuration_versions(
                         pb::ListConfigurationVersionsRequest {
                             stack_id: stack.clone(),
                             page_size: 500,
-                            page_token: token.clone(),
+                            page_token,
                         }
                     )
                 )?;
-                versions.extend(page.configuration_versions);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                token = page.next_page_token;
-            }
+                Ok((page.configuration_versions, page.next_page_token))
+            })
+            .await?;
             if ctx.json() {
                 json::print(&Value::Array(versions.iter().map(version_json).collect()));
                 return Ok(());

@@ -4,6 +4,7 @@ use cairn_core::validate;
 use cairn_proto::v1 as pb;
 
 use crate::cli::{PolicyCmd, PolicyKind};
+use crate::client::all_pages;
 use crate::commands::{check_labels, read_input_file};
 use crate::error::CliError;
 use crate::output::{now_nanos, paint, relative_time, Color, Table};
@@ -252,26 +253,22 @@ fn print_or(ctx: &Ctx, p: &pb::Policy, human: impl FnOnce()) {
 }
 
 async fn list(ctx: &Ctx, kind: Option<PolicyKind>) -> Result<(), CliError> {
-    let api = ctx.api().await?;
-    let mut policies = Vec::new();
-    let mut token = String::new();
-    loop {
+    let api = &ctx.api().await?;
+    let r#type = kind.map(policy_type).unwrap_or(pb::PolicyType::Unspecified) as i32;
+    let policies = all_pages(|page_token| async move {
         let page = call!(
             api,
             api.policies().list_policies(pb::ListPoliciesRequest {
-                r#type: kind.map(policy_type).unwrap_or(pb::PolicyType::Unspecified) as i32,
+                r#type,
                 page: Some(pb::PageRequest {
                     page_size: 500,
-                    page_token: token.clone(),
+                    page_token,
                 }),
             })
         )?;
-        policies.extend(page.policies);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+        Ok((page.policies, page.next_page_token))
+    })
+    .await?;
     if ctx.json() {
         json::print(&policies.iter().map(json::policy).collect());
         return Ok(());

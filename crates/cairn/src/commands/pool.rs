@@ -4,6 +4,7 @@ use cairn_core::validate;
 use cairn_proto::v1 as pb;
 
 use crate::cli::WorkerPoolCmd;
+use crate::client::all_pages;
 use crate::commands::check_labels;
 use crate::error::CliError;
 use crate::output::{now_nanos, paint, relative_time, Color, Table};
@@ -63,25 +64,20 @@ pub async fn run(ctx: &Ctx, cmd: WorkerPoolCmd) -> Result<(), CliError> {
             Ok(())
         }
         WorkerPoolCmd::List => {
-            let api = ctx.api().await?;
-            let mut pools = Vec::new();
-            let mut token = String::new();
-            loop {
+            let api = &ctx.api().await?;
+            let pools = all_pages(|page_token| async move {
                 let page = call!(
                     api,
                     api.pools().list_worker_pools(pb::ListWorkerPoolsRequest {
                         page: Some(pb::PageRequest {
                             page_size: 500,
-                            page_token: token.clone(),
+                            page_token,
                         }),
                     })
                 )?;
-                pools.extend(page.pools);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                token = page.next_page_token;
-            }
+                Ok((page.pools, page.next_page_token))
+            })
+            .await?;
             if ctx.json() {
                 json::print(&pools.iter().map(json::worker_pool).collect());
                 return Ok(());

@@ -4,6 +4,7 @@ use cairn_core::validate;
 use cairn_proto::v1 as pb;
 
 use crate::cli::{EnvCmd, StackCmd, StackCreateArgs, StackUpdateArgs};
+use crate::client::all_pages;
 use crate::commands::{check_labels, parse_assignment};
 use crate::error::CliError;
 use crate::output::{now_nanos, paint, relative_time, short, Color, Table};
@@ -120,26 +121,22 @@ fn first_line(s: &str) -> &str {
 
 async fn list(ctx: &Ctx, labels: Vec<String>) -> Result<(), CliError> {
     check_labels(&labels)?;
-    let api = ctx.api().await?;
-    let mut stacks = Vec::new();
-    let mut token = String::new();
-    loop {
+    let api = &ctx.api().await?;
+    let labels = &labels;
+    let stacks = all_pages(|page_token| async move {
         let page = call!(
             api,
             api.stacks().list_stacks(pb::ListStacksRequest {
                 labels: labels.clone(),
                 page: Some(pb::PageRequest {
                     page_size: 500,
-                    page_token: token.clone(),
+                    page_token,
                 }),
             })
         )?;
-        stacks.extend(page.stacks);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+        Ok((page.stacks, page.next_page_token))
+    })
+    .await?;
     if ctx.json() {
         json::print(&stacks.iter().map(json::stack).collect());
         return Ok(());

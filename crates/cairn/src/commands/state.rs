@@ -5,6 +5,7 @@ use cairn_proto::v1 as pb;
 use serde_json::{json, Value};
 
 use crate::cli::StateCmd;
+use crate::client::all_pages;
 use crate::error::CliError;
 use crate::output::{now_nanos, relative_time, Table};
 use crate::{call, json, Ctx};
@@ -52,10 +53,9 @@ pub async fn run(ctx: &Ctx, cmd: StateCmd) -> Result<(), CliError> {
     match cmd {
         StateCmd::List { stack, deployment } => {
             check(&stack, &deployment)?;
-            let api = ctx.api().await?;
-            let mut versions = Vec::new();
-            let mut token = String::new();
-            loop {
+            let api = &ctx.api().await?;
+            let (stack, deployment) = (&stack, &deployment);
+            let versions = all_pages(|page_token| async move {
                 let page = call!(
                     api,
                     api.states()
@@ -64,16 +64,13 @@ pub async fn run(ctx: &Ctx, cmd: StateCmd) -> Result<(), CliError> {
                             deployment: deployment.clone(),
                             page: Some(pb::PageRequest {
                                 page_size: 500,
-                                page_token: token.clone(),
+                                page_token,
                             }),
                         })
                 )?;
-                versions.extend(page.versions);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                token = page.next_page_token;
-            }
+                Ok((page.versions, page.next_page_token))
+            })
+            .await?;
             if ctx.json() {
                 json::print(&versions.iter().map(version_json).collect());
                 return Ok(());
