@@ -195,6 +195,26 @@ async fn autodeploy_then_no_op_then_proposed() -> Result<()> {
     assert!(states.contains(&S::Applying), "{states:?}");
     assert_eq!(delta_tuple(run.delta.as_ref()), (1, 0, 0));
     assert_eq!(read(&file).as_deref(), Some("hello"));
+    // No plan policy: the apply started as soon as the plan was saved, and the plan's details
+    // (read by `show` meanwhile) still reached the run.
+    assert!(
+        run.states_history
+            .iter()
+            .any(|h| h.note.contains("saved plan has changes")),
+        "{:?}",
+        run.states_history
+    );
+    assert!(log_text(&server, &run.id)
+        .await?
+        .contains("Applying the plan while its details are read (autodeploy)"));
+    let planned: Vec<_> = run
+        .changes
+        .iter()
+        .filter(|c| c.phase() == pb::ChangePhase::Plan)
+        .filter_map(|c| c.entity.as_ref())
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(planned, ["cairntest_file.hello"]);
 
     let again = server.trigger("auto", pb::RunType::Tracked, &sha).await?;
     let again = server.wait(&again.id, &[S::Finished]).await?;

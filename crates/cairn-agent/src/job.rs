@@ -11,14 +11,15 @@ use cairn_proto::agent::v1::{
     ProceedJob, UploadWorkspaceRequest, WorkspaceStored,
 };
 use cairn_proto::runner::v1::{
-    apply_response, plan_response, ApplyRequest, ApplyResult, DescribeRequest, DescribeResponse,
-    PhaseEvent, PlanRequest, PlanResult, Workspace,
+    apply_response, plan_response, ApplyRequest, ApplyResponse, ApplyResult, DescribeRequest,
+    DescribeResponse, PhaseEvent, PlanRequest, PlanResult, Workspace,
 };
 use cairn_proto::v1::{LogLine, LogStream, Phase};
 use cairn_runner_sdk::{LaunchOptions, PluginHandle, Redactor};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tonic::Streaming;
 use tracing::Instrument;
 
 use crate::git::{resolve_project_root, GitCache};
@@ -97,22 +98,24 @@ impl JobControl {
     }
 
     async fn decision(&self) -> Result<ProceedJob> {
-        let wait = async {
-            loop {
-                if let Some(d) = self
-                    .decision
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                {
-                    return d;
-                }
-                self.decided.notified().await;
-            }
-        };
-        tokio::time::timeout(self.decision_timeout, wait)
+        tokio::time::timeout(self.decision_timeout, self.decided())
             .await
             .map_err(|_| Error::NoDecision(self.decision_timeout))
+    }
+
+    /// The decision, once there is one, however long that takes.
+    async fn decided(&self) -> ProceedJob {
+        loop {
+            if let Some(d) = self
+                .decision
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                return d;
+            }
+            self.decided.notified().await;
+        }
     }
 
     pub(crate) fn stop(&self, cause: StopCause) {
@@ -313,15 +316,30 @@ impl Job {
         match self.lease.kind() {
             JobKind::Plan => {
                 let (tree, commit) = self.source_and_plugin(plugin).await?;
-                self.plan(&tree, &commit, plugin, self.lease.upload_workspace)
+                self.plan(&tree, &commit, plugin, self.lease.upload_workspace, None)
                     .await?;
             }
             JobKind::PlanAndApply => {
                 let (tree, commit) = self.source_and_plugin(plugin).await?;
-                let result = self.plan(&tree, &commit, plugin, false).await?;
-                // A failed plan has nothing to apply; a no-op plan finishes the run.
-                if result.success && !result.no_op {
-                    self.proceed(&tree, plugin, control).await?;
+                let planned = self
+                    .plan(&tree, &commit, plugin, false, Some(control))
+                    .await?;
+                match planned.applying {
+                    // Applied as decided, whatever the details said, unless the plan failed:
+                    // then the apply's stream is dropped, which stops it (SIGINT first).
+                    Some(applying) if planned.result.success => {
+                        self.apply(&tree, plugin, Some(applying)).await?;
+                    }
+                    Some(_) => {
+                        self.system("The plan failed after it began to apply: stopping the apply")
+                    }
+                    // A failed plan has nothing to apply; a no-op plan finishes the run. Once
+                    // the plan was passed on as saved with changes, the control plane may have
+                    // decided to apply it already, so its decision is waited for in any case.
+                    None if planned.result.success && (!planned.result.no_op || planned.saved) => {
+                        self.proceed(&tree, plugin, control).await?;
+                    }
+                    None => {}
                 }
             }
             JobKind::Apply => {
@@ -338,7 +356,7 @@ impl Job {
                 );
                 let tree = tree?;
                 self.adopt_plugin(plugin, launched)?;
-                self.apply(&tree, plugin).await?;
+                self.apply(&tree, plugin, None).await?;
             }
             JobKind::Unspecified => {
                 return Err(Error::InvalidLease("the lease has no job kind".into()))
@@ -364,7 +382,7 @@ impl Job {
         };
         if decision.apply {
             self.system(&format!("Applying the plan{reason}"));
-            self.apply(tree, plugin).await?;
+            self.apply(tree, plugin, None).await?;
         } else if decision.upload_workspace {
             self.system(&format!(
                 "Not applying{reason}: keeping the workspace for a later apply"
@@ -790,16 +808,21 @@ impl Job {
         }
     }
 
+    /// Plans. With `control` (a PLAN_AND_APPLY job), a plugin's `PlanSaved` is passed on, and
+    /// should the control plane decide to apply before the plan's details are in, the apply
+    /// starts at once and is returned, under way, with the result.
     async fn plan(
         &mut self,
         tree: &Path,
         commit: &str,
         plugin: &mut Option<PluginHandle>,
         upload: bool,
-    ) -> Result<PlanResult> {
+        control: Option<&JobControl>,
+    ) -> Result<Planned> {
         resolve_project_root(tree, &self.lease.project_root, commit)?;
         self.advance(Phase::Initializing);
         let mut client = self.plugin_client(plugin).await?;
+        let job_span = tracing::Span::current();
         let span = tracing::info_span!(
             "plan",
             run.id = %self.lease.run_id,
@@ -813,14 +836,30 @@ impl Job {
         });
         cairn_telemetry::propagation::inject_span_into_metadata(&span, request.metadata_mut());
         let mut result = None;
+        let mut applying = None;
+        let mut saved = false;
         async {
             let mut stream = client
                 .plan(request)
                 .await
                 .map_err(|s| self.call_failed("plan", &s))?
                 .into_inner();
+            // Set once the plan is saved and passed on; cleared when the decision came.
+            let mut awaiting_decision: Option<&JobControl> = None;
             loop {
-                let message = stream.message().await;
+                let message = tokio::select! {
+                    message = stream.message() => message,
+                    decision = async { Some(awaiting_decision?.decided().await) }, if awaiting_decision.is_some() => {
+                        awaiting_decision = None;
+                        // Before the plan result the control plane only ever says "apply".
+                        if let Some(d) = decision.filter(|d| d.apply) {
+                            let why = if d.reason.is_empty() { String::new() } else { format!(" ({})", d.reason) };
+                            self.system(&format!("Applying the plan while its details are read{why}"));
+                            applying = Some(self.start_apply(&mut client, tree, &job_span).await?);
+                        }
+                        continue;
+                    }
+                };
                 self.described(false).await?;
                 match message {
                     Ok(Some(message)) => match message.event {
@@ -830,6 +869,13 @@ impl Job {
                                 Phase::try_from(p.phase)
                             {
                                 self.advance(phase);
+                            }
+                        }
+                        Some(plan_response::Event::Saved(plan_saved)) => {
+                            if let Some(control) = control.filter(|_| !saved) {
+                                self.emit(job_event::Event::PlanSaved(plan_saved));
+                                awaiting_decision = Some(control);
+                                saved = true;
                             }
                         }
                         Some(plan_response::Event::Result(r)) => result = Some(r),
@@ -856,18 +902,23 @@ impl Job {
             self.upload(tree).await?;
         }
         self.emit(job_event::Event::PlanResult(result.clone()));
-        Ok(result)
+        Ok(Planned {
+            result,
+            saved,
+            applying,
+        })
     }
 
-    async fn apply(
-        &mut self,
+    /// Calls Apply; its stream is read by [`Job::apply`].
+    async fn start_apply(
+        &self,
+        client: &mut RunnerClient,
         tree: &Path,
-        plugin: &mut Option<PluginHandle>,
-    ) -> Result<ApplyResult> {
+        parent: &tracing::Span,
+    ) -> Result<Applying> {
         resolve_project_root(tree, &self.lease.project_root, &self.lease.commit_sha)?;
-        let mut client = self.plugin_client(plugin).await?;
-        self.advance(Phase::Applying);
         let span = tracing::info_span!(
+            parent: parent,
             "apply",
             run.id = %self.lease.run_id,
             stack.id = %self.lease.stack_id,
@@ -879,13 +930,33 @@ impl Job {
             skip_applying: self.lease.skip_applying,
         });
         cairn_telemetry::propagation::inject_span_into_metadata(&span, request.metadata_mut());
+        let stream = client
+            .apply(request)
+            .instrument(span.clone())
+            .await
+            .map_err(|s| self.call_failed("apply", &s))?
+            .into_inner();
+        Ok(Applying { span, stream })
+    }
+
+    /// Applies: reads the stream of an Apply already `started`, or calls Apply now.
+    async fn apply(
+        &mut self,
+        tree: &Path,
+        plugin: &mut Option<PluginHandle>,
+        started: Option<Applying>,
+    ) -> Result<ApplyResult> {
+        let Applying { span, mut stream } = match started {
+            Some(started) => started,
+            None => {
+                let mut client = self.plugin_client(plugin).await?;
+                self.start_apply(&mut client, tree, &tracing::Span::current())
+                    .await?
+            }
+        };
+        self.advance(Phase::Applying);
         let mut result = None;
         async {
-            let mut stream = client
-                .apply(request)
-                .await
-                .map_err(|s| self.call_failed("apply", &s))?
-                .into_inner();
             loop {
                 let message = stream.message().await;
                 self.described(false).await?;
@@ -911,6 +982,21 @@ impl Job {
         self.emit(job_event::Event::ApplyResult(result.clone()));
         Ok(result)
     }
+}
+
+/// What [`Job::plan`] did.
+struct Planned {
+    result: PlanResult,
+    /// The plugin's `PlanSaved` was passed on to the control plane.
+    saved: bool,
+    /// The apply the control plane decided on before the result, under way.
+    applying: Option<Applying>,
+}
+
+/// An Apply call under way: its span and its stream, not yet read.
+struct Applying {
+    span: tracing::Span,
+    stream: Streaming<ApplyResponse>,
 }
 
 /// `https://user:token@host/repo` → `https://host/repo`.

@@ -180,7 +180,7 @@ async fn vendor_output_is_streamed_redacted() {
         match msg.unwrap().event.unwrap() {
             plan_response::Event::Log(l) => lines.push(l),
             plan_response::Event::Result(r) => result = Some(r),
-            plan_response::Event::Phase(_) => {}
+            plan_response::Event::Phase(_) | plan_response::Event::Saved(_) => {}
         }
     }
     assert!(result.unwrap().success);

@@ -89,7 +89,7 @@ async fn python_plugin_plans_and_applies() {
         match msg.unwrap().event.unwrap() {
             plan_response::Event::Log(l) => lines.push(l.message),
             plan_response::Event::Result(r) => result = Some(r),
-            plan_response::Event::Phase(_) => {}
+            plan_response::Event::Phase(_) | plan_response::Event::Saved(_) => {}
         }
     }
     assert_eq!(lines, ["would deploy with ***"]);

@@ -544,6 +544,7 @@ impl Session {
                     )
                     .await
             }
+            Some(E::PlanSaved(_)) => self.plan_saved(&ev.lease_id, &run_id, kind).await,
             Some(E::PlanResult(r)) => self.plan_result(&ev.lease_id, &run_id, kind, r).await,
             Some(E::ApplyResult(r)) => self.apply_result(&ev.lease_id, &run_id, r).await,
             Some(E::Failed(f)) => {
@@ -618,6 +619,100 @@ impl Session {
         Ok(())
     }
 
+    /// The plugin saved a plan with changes and still reads its details. Applying it needs
+    /// none of them when the stack autodeploys and no plan policy applies to it (no document
+    /// to judge, so no denial and no warning), and for an ordinary run (a deployment run's
+    /// cycles count on the plan): then the run moves on now and the agent applies while the
+    /// details come in, which spares an autodeploy run one `show` on its way. Otherwise
+    /// nothing happens here and [`Self::plan_result`] decides as usual.
+    async fn plan_saved(&self, lease_id: &str, run_id: &str, kind: apb::JobKind) -> Result<()> {
+        if kind != apb::JobKind::PlanAndApply {
+            return Ok(());
+        }
+        let run = self.state.store.get_run(run_id).await?;
+        let stack = self.state.store.get_stack(&run.stack_id).await?;
+        if run.is_deployment_run()
+            || !stack.autodeploy
+            || crate::policies::plan::any_for(&self.state, &stack).await?
+        {
+            return Ok(());
+        }
+        let event = after_planning(PlanOutcome {
+            run_type: run.run_type,
+            no_op: false,
+            autodeploy: true,
+            denied: false,
+            warnings: false,
+            approval_policies: false,
+        });
+        if event != RunEvent::Autodeploy
+            || advance_to(&self.state, run_id, run.state, RunState::Planning).await
+                != RunState::Planning
+        {
+            return Ok(());
+        }
+        let note = "the saved plan has changes: applying while its details are read";
+        match self
+            .state
+            .transition(run_id, event, note, RunPatch::default())
+            .await
+        {
+            Ok(_) => {
+                self.decide(lease_id, run_id, kind, Decision::Apply("autodeploy"))
+                    .await;
+            }
+            // Stopped meanwhile: CancelJob ends the job.
+            Err(e) => tracing::info!(run.id = %run_id, error = %e, "saved plan not applied"),
+        }
+        Ok(())
+    }
+
+    /// The result of a plan already applying ([`Self::plan_saved`]): its details are recorded
+    /// on the run, which stays where it is; a plan that failed after all fails the run (the
+    /// agent stops the apply).
+    async fn applying_plan_result(
+        &self,
+        lease_id: &str,
+        run_id: &str,
+        r: rpb::PlanResult,
+    ) -> Result<()> {
+        if !r.success {
+            fail_run(
+                &self.state,
+                run_id,
+                &format!("planning failed: {}", r.error),
+            )
+            .await;
+            return self.end_lease(lease_id).await;
+        }
+        let changes = plan_changes(r.changes);
+        let changes = match changes {
+            Ok(c) => c,
+            Err(e) => {
+                fail_run(&self.state, run_id, &format!("bad plan result: {e}")).await;
+                return self.end_lease(lease_id).await;
+            }
+        };
+        let patch = RunPatch {
+            delta: Some(
+                r.delta
+                    .map(convert::delta_from)
+                    .unwrap_or_else(|| Delta::from_changes(&changes)),
+            ),
+            changes: Some(changes),
+            no_op: Some(r.no_op),
+            plan_json: Some(r.plan_json),
+            ..Default::default()
+        };
+        self.state
+            .mutate_run(run_id, |run, now| {
+                run.apply_patch(patch.clone(), now);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn plan_result(
         &self,
         lease_id: &str,
@@ -626,6 +721,11 @@ impl Session {
         r: rpb::PlanResult,
     ) -> Result<()> {
         let run = self.state.store.get_run(run_id).await?;
+        if kind == apb::JobKind::PlanAndApply
+            && matches!(run.state, RunState::PreparingApply | RunState::Applying)
+        {
+            return self.applying_plan_result(lease_id, run_id, r).await;
+        }
         advance_to(&self.state, run_id, run.state, RunState::Planning).await;
         if !r.success {
             fail_run(
@@ -636,12 +736,7 @@ impl Session {
             .await;
             return self.end_lease(lease_id).await;
         }
-        let changes: std::result::Result<Vec<Change>, ServerError> = r
-            .changes
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| convert::change_from(&format!("plan_result.changes[{i}]"), c))
-            .collect();
+        let changes = plan_changes(r.changes);
         let changes = match changes {
             Ok(c) => c,
             Err(e) => {
@@ -1002,6 +1097,15 @@ fn drives(kind: apb::JobKind, state: RunState) -> bool {
 
 /// Moves a run forward through the phases up to `target`, filling in phases an agent skipped.
 /// Stops quietly where the table refuses (e.g. the run was stopped meanwhile).
+/// A plan result's changes, each checked.
+fn plan_changes(changes: Vec<cairn_proto::v1::Change>) -> Result<Vec<Change>> {
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| convert::change_from(&format!("plan_result.changes[{i}]"), c))
+        .collect()
+}
+
 async fn advance_to(
     state: &AppState,
     run_id: &str,

@@ -315,6 +315,95 @@ async fn autodeploy_plans_and_applies_in_one_lease_and_no_ops_finish() {
 }
 
 #[tokio::test]
+async fn a_saved_plan_of_an_autodeploy_stack_applies_while_its_details_come() {
+    let s = TestServer::start().await;
+    s.stack("auto", true, SHA_A).await;
+    let mut agent = TestAgent::connect(&s, 1).await;
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.kind(), apb::JobKind::PlanAndApply);
+    agent.phase(&lease, pb::Phase::Initializing).await;
+    agent.phase(&lease, pb::Phase::Planning).await;
+    // No plan policy needs the details: applying is decided on the saved plan alone.
+    agent.plan_saved(&lease).await;
+    let decision = agent.proceed().await;
+    assert!(decision.apply && !decision.upload_workspace, "{decision:?}");
+    assert_eq!(decision.reason, "autodeploy");
+    let preparing = s.wait_state(&run.id, pb::RunState::PreparingApply).await;
+    assert!(
+        preparing
+            .states_history
+            .last()
+            .is_some_and(|h| h.note.contains("saved plan has changes")),
+        "{:?}",
+        preparing.states_history
+    );
+    // The details arrive while the run applies; they are recorded, and it stays where it is.
+    agent.plan(&lease, &["aws_s3_bucket.a"]).await;
+    let detailed = loop {
+        let run = s.get_run(&run.id).await;
+        if !run.changes.is_empty() {
+            break run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(detailed.state(), pb::RunState::PreparingApply);
+    assert_eq!(detailed.delta.unwrap().added_resources, 1);
+    assert!(!detailed.no_op);
+    agent.apply_ok(&lease).await;
+    let done = s.wait_state(&run.id, pb::RunState::Finished).await;
+    assert_eq!(
+        states(&done),
+        vec![
+            pb::RunState::Queued,
+            pb::RunState::Preparing,
+            pb::RunState::Initializing,
+            pb::RunState::Planning,
+            pb::RunState::PreparingApply,
+            pb::RunState::Applying,
+            pb::RunState::Finished
+        ]
+    );
+    assert_eq!(done.changes.len(), 1);
+
+    // A plan that fails after all fails its run (the agent stops the apply), and the stack
+    // moves on.
+    let run = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    agent.phase(&lease, pb::Phase::Planning).await;
+    agent.plan_saved(&lease).await;
+    assert!(agent.proceed().await.apply);
+    agent
+        .event(
+            &lease,
+            apb::job_event::Event::PlanResult(cairn_proto::runner::v1::PlanResult {
+                success: false,
+                error: "show failed".into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let failed = s.wait_state(&run.id, pb::RunState::Failed).await;
+    assert_eq!(failed.error, "planning failed: show failed");
+    let next = s.trigger("auto", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.run_id, next.id);
+    agent.plan_through(&lease, &[]).await;
+    assert!(!agent.proceed().await.apply);
+    s.wait_state(&next.id, pb::RunState::Finished).await;
+
+    // A proposed run's saved plan is not applied (nor is one of a Plan lease).
+    let proposed = s.trigger("auto", pb::RunType::Proposed).await;
+    let lease = agent.lease().await;
+    assert_eq!(lease.run_id, proposed.id);
+    agent.phase(&lease, pb::Phase::Planning).await;
+    agent.plan_saved(&lease).await;
+    agent.plan(&lease, &["aws_s3_bucket.a"]).await;
+    let finished = s.wait_state(&proposed.id, pb::RunState::Finished).await;
+    assert!(!states(&finished).contains(&pb::RunState::PreparingApply));
+}
+
+#[tokio::test]
 async fn proposed_runs_run_in_parallel_and_tracked_runs_one_at_a_time_in_order() {
     let s = TestServer::start().await;
     s.stack("app", false, SHA_A).await;
@@ -595,8 +684,10 @@ async fn autodeploy_run_that_needs_confirmation_keeps_its_workspace_for_a_later_
     assert_eq!(lease.kind(), apb::JobKind::PlanAndApply);
     agent.phase(&lease, pb::Phase::Planning).await;
     s.wait_state(&run.id, pb::RunState::Planning).await;
-    // Decided after the plan, not at leasing: autodeploy is off by the time the plan is in.
+    // Decided after the plan, not at leasing: autodeploy is off by the time the plan is in,
+    // so a saved plan is not applied before its details either.
     set_autodeploy(&s, "auto", false).await;
+    agent.plan_saved(&lease).await;
     agent
         .plan(&lease, &["aws_s3_bucket.a", "aws_s3_bucket.b"])
         .await;
@@ -914,9 +1005,12 @@ async fn plan_policies_decide_whether_an_autodeploy_plan_is_applied() {
     let mut agent = TestAgent::connect(&s, 1).await;
 
     // A warning stops autodeploy: the workspace is kept and the run waits for confirmation.
+    // A plan policy needs the plan's details, so a saved plan waits for them.
     let run = s.trigger("auto", pb::RunType::Tracked).await;
     let lease = agent.lease().await;
     assert_eq!(lease.kind(), apb::JobKind::PlanAndApply);
+    agent.phase(&lease, pb::Phase::Planning).await;
+    agent.plan_saved(&lease).await;
     agent.plan_through(&lease, &["aws_s3_bucket.a"]).await;
     let decision = agent.proceed().await;
     assert!(!decision.apply && decision.upload_workspace, "{decision:?}");

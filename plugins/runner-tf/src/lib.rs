@@ -11,22 +11,30 @@
 //! file. Apply: `apply -json` of that plan file; the changes come from the kept `show -json`
 //! and the outputs from apply's own `outputs` message, so that applying runs Terraform once
 //! (each extra `show`/`output` started Terraform and its providers again, ~0.3 s each).
+//!
+//! A plan with changes (exit code 2) is final before `show` runs, so the plugin says so at once
+//! (`PlanSaved`): the agent of an autodeploy run may then call Apply while `show` still works
+//! out the details, and that Apply takes them from the Plan in flight ([`TfRunner::shows`])
+//! instead of running `show` itself.
 
 pub mod backend;
 pub mod parse;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cairn_proto::runner::v1::{
     apply_response, plan_response, ApplyRequest, ApplyResponse, ApplyResult, Capabilities,
-    DescribeRequest, DescribeResponse, PlanRequest, PlanResponse, PlanResult, Workspace,
+    DescribeRequest, DescribeResponse, PlanRequest, PlanResponse, PlanResult, PlanSaved, Workspace,
 };
 use cairn_proto::v1::{ChangePhase, Phase};
 use cairn_runner_sdk::{
     spawn_stream, EventSink, EventStream, Redactor, RunnerEvent, RunnerService, VendorCommand,
     VendorOutcome,
 };
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -84,11 +92,28 @@ pub const PLAN_FILE: &str = ".cairn/plan.tfplan";
 /// with it), so that apply need not run `show` again.
 pub const PLAN_JSON_FILE: &str = ".cairn/plan.json";
 
+/// What `show` made of a saved plan: the plan, or why it could not be read.
+type Shown = Result<parse::ParsedPlan, String>;
+
+/// The `show` of a Plan that sent `PlanSaved`, by project directory.
+type Shows = Arc<Mutex<HashMap<PathBuf, ShowWatch>>>;
+
+/// A `show` in flight as an Apply sees it.
+#[derive(Debug, Clone)]
+struct ShowWatch {
+    /// `None` until the show is done.
+    done: watch::Receiver<Option<Shown>>,
+    /// Set by the Apply that goes ahead without waiting for it.
+    applying: Arc<AtomicBool>,
+}
+
 /// The Runner contract for Terraform or OpenTofu.
 #[derive(Debug, Clone)]
 pub struct TfRunner {
     flavor: Flavor,
     binary: PathBuf,
+    /// Plans whose details are still being read while an Apply of them may already run.
+    shows: Shows,
 }
 
 impl TfRunner {
@@ -96,7 +121,70 @@ impl TfRunner {
         Self {
             flavor,
             binary: flavor.binary(),
+            shows: Shows::default(),
         }
+    }
+
+    /// The `show` in flight for the plan saved in `dir`, if a Plan is still reading it; the
+    /// caller applies that plan meanwhile.
+    fn apply_beside_show(&self, dir: &Path) -> Option<watch::Receiver<Option<Shown>>> {
+        let shows = self.shows.lock().unwrap_or_else(|e| e.into_inner());
+        let show = shows.get(dir)?;
+        show.applying.store(true, Ordering::SeqCst);
+        Some(show.done.clone())
+    }
+}
+
+/// A `show` in flight, published in [`TfRunner::shows`] until it is dropped; dropping it
+/// without [`InFlightShow::finish`] tells a waiting Apply that the details were lost.
+struct InFlightShow {
+    shows: Shows,
+    dir: PathBuf,
+    done: watch::Sender<Option<Shown>>,
+    applying: Arc<AtomicBool>,
+}
+
+impl InFlightShow {
+    fn start(shows: &Shows, dir: &Path) -> Self {
+        let (done, waiting) = watch::channel(None);
+        let applying = Arc::<AtomicBool>::default();
+        shows.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            dir.to_owned(),
+            ShowWatch {
+                done: waiting,
+                applying: Arc::clone(&applying),
+            },
+        );
+        Self {
+            shows: Arc::clone(shows),
+            dir: dir.to_owned(),
+            done,
+            applying,
+        }
+    }
+
+    /// Takes the show out of [`TfRunner::shows`]; whether an Apply of the plan has started
+    /// (then the plan can no longer fail).
+    fn close(&self) -> bool {
+        let mut shows = self.shows.lock().unwrap_or_else(|e| e.into_inner());
+        // A later Plan of the same directory may have put its own show there meanwhile.
+        if shows
+            .get(&self.dir)
+            .is_some_and(|w| w.done.same_channel(&self.done.subscribe()))
+        {
+            shows.remove(&self.dir);
+        }
+        self.applying.load(Ordering::SeqCst)
+    }
+
+    fn finish(self, shown: &Shown) {
+        self.done.send_replace(Some(shown.clone()));
+    }
+}
+
+impl Drop for InFlightShow {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -179,12 +267,8 @@ impl<'a, T: RunnerEvent> Session<'a, T> {
             .envs(&self.env)
     }
 
-    /// Runs a `-json` command, rendering its UI messages and collecting error diagnostics.
-    async fn run_json(&self, args: &[String]) -> Result<(VendorOutcome, StepResult), Error> {
-        self.run_json_with(args, |_| {}).await
-    }
-
-    /// [`Session::run_json`], also handing every JSON message to `each`.
+    /// Runs a `-json` command, rendering its UI messages, collecting error diagnostics and
+    /// handing every JSON message to `each`.
     async fn run_json_with(
         &self,
         args: &[String],
@@ -249,8 +333,12 @@ impl<'a, T: RunnerEvent> Session<'a, T> {
         step
     }
 
-    /// `plan` into [`PLAN_FILE`]; `Ok(Ok(()))` whether or not something changes.
-    async fn plan(&self, targets: &[String], destroy: bool) -> Result<StepResult, Error> {
+    /// `plan` into [`PLAN_FILE`]: whether something changes and what `plan -json` said.
+    async fn plan(
+        &self,
+        targets: &[String],
+        destroy: bool,
+    ) -> Result<Result<Planned, String>, Error> {
         self.sink.phase(Phase::Planning).await?;
         let plan_file = self.dir.join(PLAN_FILE);
         if let Some(parent) = plan_file.parent() {
@@ -269,14 +357,24 @@ impl<'a, T: RunnerEvent> Session<'a, T> {
         if destroy {
             args.push("-destroy".to_owned());
         }
+        let vendor = self.runner.flavor.vendor();
+        let mut streamed = parse::StreamedPlan::default();
         let (outcome, step) = self
-            .run_json(&args)
+            .run_json_with(&args, |msg| streamed.observe(msg, vendor))
             .instrument(self.step_span("plan"))
             .await?;
         // -detailed-exitcode: 0 no changes, 2 changes, anything else an error.
-        Ok(match outcome.code() {
-            Some(0 | 2) => Ok(()),
-            _ => step,
+        Ok(match (outcome.code(), step) {
+            (Some(0), _) => Ok(Planned {
+                changes: false,
+                streamed,
+            }),
+            (Some(2), _) => Ok(Planned {
+                changes: true,
+                streamed,
+            }),
+            (_, Err(e)) => Err(e),
+            (_, Ok(())) => Err(outcome.error_message()),
         })
     }
 
@@ -311,6 +409,29 @@ impl<'a, T: RunnerEvent> Session<'a, T> {
         )
         .map_err(|e| e.to_string()))
     }
+}
+
+/// Where an Apply gets the details of the plan it applies.
+enum Details {
+    Shown(parse::ParsedPlan),
+    /// From the Plan that saved it, still running `show`.
+    InFlight(watch::Receiver<Option<Shown>>),
+}
+
+/// Waits for the `show` of the Plan in flight.
+async fn shown_by_plan(mut waiting: watch::Receiver<Option<Shown>>) -> Shown {
+    const LOST: &str = "the plan's details were lost: its Plan call ended before `show` did";
+    match waiting.wait_for(Option::is_some).await {
+        Ok(shown) => shown.clone().unwrap_or_else(|| Err(LOST.to_owned())),
+        Err(_) => Err(LOST.to_owned()),
+    }
+}
+
+/// A plan saved by `plan -detailed-exitcode`.
+struct Planned {
+    /// Exit code 2: something changes (resources or outputs).
+    changes: bool,
+    streamed: parse::StreamedPlan,
 }
 
 fn step_result(outcome: &VendorOutcome, errors: &[String], redactor: &Redactor) -> StepResult {
@@ -350,10 +471,39 @@ impl TfRunner {
                 ..Default::default()
             });
         }
-        if let Err(e) = session.plan(&req.targets, req.destroy).await? {
-            return Ok(failed(e));
+        let planned = match session.plan(&req.targets, req.destroy).await? {
+            Ok(planned) => planned,
+            Err(e) => return Ok(failed(e)),
+        };
+        let in_flight = if planned.changes {
+            // Published before the agent hears of the plan, so that its Apply finds it.
+            let in_flight = InFlightShow::start(&self.shows, &session.dir);
+            sink.send(PlanResponse {
+                event: Some(plan_response::Event::Saved(PlanSaved {})),
+            })
+            .await?;
+            Some(in_flight)
+        } else {
+            None
+        };
+        let mut shown = session.show_plan(ChangePhase::Plan).await?;
+        if let Some(in_flight) = in_flight {
+            // Closed before the outcome is settled, so that no Apply joins a failed plan late.
+            if let (Err(e), true) = (&shown, in_flight.close()) {
+                // Terraform up to 1.1 refuses to show a plan whose state an apply has written
+                // ("Saved plan is stale"). Being applied, it stays the plan, described less
+                // fully; a plan nobody applies yet fails as before (plan policies need the
+                // document).
+                sink.system(&format!(
+                    "`show -json` of the saved plan failed ({e}); its changes come from the \
+                     plan's own output (resources only, no plan document)"
+                ))
+                .await?;
+                shown = Ok(planned.streamed.into_parsed());
+            }
+            in_flight.finish(&shown);
         }
-        Ok(match session.show_plan(ChangePhase::Plan).await? {
+        Ok(match shown {
             Ok(plan) => PlanResult {
                 success: true,
                 error: String::new(),
@@ -394,7 +544,8 @@ impl TfRunner {
             }
         }
         let plan_file = session.dir.join(PLAN_FILE);
-        if !plan_file.exists() {
+        let in_flight = self.apply_beside_show(&session.dir);
+        if in_flight.is_none() && !plan_file.exists() {
             // Planning was skipped: plan now, then apply that plan, so there is one way to apply.
             sink.system("no saved plan (planning was skipped): planning before applying")
                 .await?;
@@ -402,9 +553,14 @@ impl TfRunner {
                 return Ok(failed(e));
             }
         }
-        let plan = match session.show_plan(ChangePhase::Apply).await? {
-            Ok(plan) => plan,
-            Err(e) => return Ok(failed(e)),
+        // The plan's details before applying it (Terraform up to 1.1 shows no plan file whose
+        // state has moved on), unless the Plan that saved it is reading them right now.
+        let details = match in_flight {
+            Some(waiting) => Details::InFlight(waiting),
+            None => match session.show_plan(ChangePhase::Apply).await? {
+                Ok(plan) => Details::Shown(plan),
+                Err(e) => return Ok(failed(e)),
+            },
         };
         sink.phase(Phase::Applying).await?;
         let args = vec![
@@ -425,6 +581,18 @@ impl TfRunner {
         if let Err(e) = step {
             return Ok(failed(e));
         }
+        let plan = match details {
+            Details::Shown(plan) => plan,
+            Details::InFlight(waiting) => match shown_by_plan(waiting).await {
+                Ok(mut plan) => {
+                    for change in &mut plan.changes {
+                        change.phase = ChangePhase::Apply as i32;
+                    }
+                    plan
+                }
+                Err(e) => return Ok(failed(e)),
+            },
+        };
         // `apply -json` reports the root module's outputs (sensitive values included, as
         // `output -json` does) in an `outputs` message; none when there are none.
         let outputs = outputs.unwrap_or_else(|| "{}".to_owned());

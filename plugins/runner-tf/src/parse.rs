@@ -49,12 +49,7 @@ pub fn parse_plan(
         let Some(action) = classify(&rc["change"]["actions"]) else {
             continue;
         };
-        match action {
-            ChangeAction::Added => delta.added_resources += 1,
-            ChangeAction::Changed => delta.changed_resources += 1,
-            ChangeAction::Deleted => delta.deleted_resources += 1,
-            ChangeAction::Unspecified => {}
-        }
+        count(&mut delta, action, false);
         let data = json!({
             "actions": rc["change"]["actions"],
             "mode": rc["mode"],
@@ -84,12 +79,7 @@ pub fn parse_plan(
             let Some(action) = classify(&oc["actions"]) else {
                 continue;
             };
-            match action {
-                ChangeAction::Added => delta.added_outputs += 1,
-                ChangeAction::Changed => delta.changed_outputs += 1,
-                ChangeAction::Deleted => delta.deleted_outputs += 1,
-                ChangeAction::Unspecified => {}
-            }
+            count(&mut delta, action, true);
             let data = json!({
                 "actions": oc["actions"],
                 "before": oc["before"],
@@ -118,6 +108,74 @@ pub fn parse_plan(
         changes,
         plan_json: doc.to_string(),
     })
+}
+
+/// What `plan -json` itself says about the plan: its `planned_change` messages. Only used when
+/// `show -json` could not describe a plan already handed over for applying (Terraform up to
+/// 1.1 refuses to show a plan file once an apply has written the state: "Saved plan is stale").
+/// It names resources only: Terraform 1.0 prints no output changes while planning.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamedPlan {
+    changes: Vec<Change>,
+    delta: Delta,
+}
+
+impl StreamedPlan {
+    /// Takes in one message of `plan -json`; anything but a planned change is ignored.
+    pub fn observe(&mut self, msg: &Value, vendor: &str) {
+        if msg["type"] != "planned_change" {
+            return;
+        }
+        let change = &msg["change"];
+        // The UI's single action word, as the `actions` list `show -json` would hold.
+        let actions = match change["action"].as_str() {
+            Some("replace") => json!(["delete", "create"]),
+            Some(action) => json!([action]),
+            None => return,
+        };
+        let Some(action) = classify(&actions) else {
+            return;
+        };
+        count(&mut self.delta, action, false);
+        let resource = &change["resource"];
+        self.changes.push(Change {
+            action: action as i32,
+            entity: Some(Entity {
+                address: str_of(&resource["addr"]),
+                name: str_of(&resource["resource_name"]),
+                r#type: str_of(&resource["resource_type"]),
+                entity_vendor: vendor.to_owned(),
+                entity_type: "resource".to_owned(),
+                data_json: json!({ "actions": actions }).to_string(),
+            }),
+            phase: ChangePhase::Plan as i32,
+        });
+    }
+
+    /// The plan as far as `plan -json` told it: no plan document, and not a no-op (the plan's
+    /// exit code said it has changes, even when they are all in outputs).
+    pub fn into_parsed(self) -> ParsedPlan {
+        ParsedPlan {
+            delta: self.delta,
+            changes: self.changes,
+            no_op: false,
+            plan_json: String::new(),
+        }
+    }
+}
+
+/// Counts one change of a resource (or of an output, with `output`) in `delta`.
+fn count(delta: &mut Delta, action: ChangeAction, output: bool) {
+    let counter = match (action, output) {
+        (ChangeAction::Added, false) => &mut delta.added_resources,
+        (ChangeAction::Changed, false) => &mut delta.changed_resources,
+        (ChangeAction::Deleted, false) => &mut delta.deleted_resources,
+        (ChangeAction::Added, true) => &mut delta.added_outputs,
+        (ChangeAction::Changed, true) => &mut delta.changed_outputs,
+        (ChangeAction::Deleted, true) => &mut delta.deleted_outputs,
+        (ChangeAction::Unspecified, _) => return,
+    };
+    *counter += 1;
 }
 
 /// Turns `output -json` into `{name: value}`, sensitive values masked.

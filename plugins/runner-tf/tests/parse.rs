@@ -253,3 +253,49 @@ fn ui_messages_render_readably() {
         Some("plain text")
     );
 }
+
+/// The fallback description of a plan being applied: what `plan -json` printed while planning
+/// says the same about resources as `show -json` of that plan (1.0.3 fixtures of one plan).
+#[test]
+fn the_plans_own_output_describes_its_resources_like_show() {
+    let mut streamed = cairn_runner_tf::parse::StreamedPlan::default();
+    for line in fixture("terraform-1.0.3-plan.jsonl").lines() {
+        streamed.observe(&serde_json::from_str(line).unwrap(), "terraform");
+    }
+    let streamed = streamed.into_parsed();
+    let shown = parse_plan(
+        &fixture("terraform-1.0.3-show.json"),
+        "terraform",
+        ChangePhase::Plan,
+        &Redactor::default(),
+    )
+    .unwrap();
+    let resources = |plan: &cairn_runner_tf::parse::ParsedPlan| -> Vec<_> {
+        summary(plan)
+            .into_iter()
+            .filter(|(address, _)| !address.starts_with("output."))
+            .collect()
+    };
+    assert_eq!(resources(&streamed), resources(&shown));
+    assert_eq!(
+        streamed.delta,
+        Delta {
+            added_outputs: 0,
+            changed_outputs: 0,
+            deleted_outputs: 0,
+            ..shown.delta
+        }
+    );
+    assert!(!streamed.no_op, "the plan's exit code said it has changes");
+    assert!(streamed.plan_json.is_empty());
+    let new = streamed
+        .changes
+        .iter()
+        .filter_map(|c| c.entity.as_ref())
+        .find(|e| e.address == "cairntest_file.new[0]")
+        .unwrap();
+    assert_eq!(
+        (new.name.as_str(), new.r#type.as_str()),
+        ("new", "cairntest_file")
+    );
+}

@@ -122,16 +122,26 @@ async fn plan(
         .await
         .unwrap()
         .into_inner();
-    let (mut logs, mut result) = (Vec::new(), None);
+    let (mut logs, mut result, mut saved) = (Vec::new(), None, 0);
     while let Some(msg) = stream.next().await {
         match msg.unwrap().event.unwrap() {
             plan_response::Event::Log(l) => logs.push(l),
             plan_response::Event::Result(r) => result = Some(r),
+            plan_response::Event::Saved(_) => {
+                assert!(result.is_none(), "PlanSaved comes before the result");
+                saved += 1;
+            }
             plan_response::Event::Phase(_) => {}
         }
     }
     check_no_secret(&logs);
-    (result.expect("plan stream ends with a result"), logs)
+    let result = result.expect("plan stream ends with a result");
+    assert_eq!(
+        saved,
+        usize::from(result.success && !result.skipped && !result.no_op),
+        "PlanSaved once exactly when a saved plan has changes: {result:?}"
+    );
+    (result, logs)
 }
 
 async fn apply(h: &PluginHandle, p: &Project) -> (ApplyResult, Vec<LogLine>) {
@@ -396,6 +406,89 @@ async fn lifecycle(plugin: &str, bin_env: &str, vendor: &str) {
     assert!(!r.success);
     assert!(r.error.contains("nope"), "{}", r.error);
 
+    h.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+/// What an agent does for an autodeploy run: Apply as soon as the plan is saved, while the
+/// Plan call still reads the plan's details with `show`.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_runs_beside_the_plans_show() {
+    use ChangeAction::*;
+    let h = start(
+        env!("CARGO_BIN_EXE_cairn-runner-terraform"),
+        "CAIRN_TERRAFORM_BIN",
+    )
+    .await;
+    let p = Project::new();
+    p.write(V1);
+    let mut planning = h
+        .client
+        .clone()
+        .plan(PlanRequest {
+            workspace: Some(p.workspace()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut applying = None;
+    let mut plan_result = None;
+    while let Some(msg) = planning.next().await {
+        match msg.unwrap().event.unwrap() {
+            plan_response::Event::Saved(_) => {
+                let h = h.client.clone();
+                let ws = p.workspace();
+                applying = Some(tokio::spawn(async move {
+                    let mut client = h;
+                    let mut stream = client
+                        .apply(ApplyRequest {
+                            workspace: Some(ws),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let mut result = None;
+                    while let Some(msg) = stream.next().await {
+                        if let apply_response::Event::Result(r) = msg.unwrap().event.unwrap() {
+                            result = Some(r);
+                        }
+                    }
+                    result.expect("apply stream ends with a result")
+                }));
+            }
+            plan_response::Event::Result(r) => plan_result = Some(r),
+            _ => {}
+        }
+    }
+    let planned = plan_result.expect("plan stream ends with a result");
+    ok_plan(&planned);
+    let applied = applying
+        .expect("the plugin said the plan was saved")
+        .await
+        .unwrap();
+    ok_apply(&applied);
+    // Both describe the same plan, outputs included, each in its own phase.
+    let expected = [
+        ("cairntest_file.a".to_string(), Added),
+        ("cairntest_file.b".to_string(), Added),
+        ("output.a_path".to_string(), Added),
+    ];
+    assert_eq!(actions(&planned.changes), expected);
+    assert_eq!(actions(&applied.changes), expected);
+    assert_eq!(planned.delta, applied.delta);
+    assert!(applied
+        .changes
+        .iter()
+        .all(|c| c.phase() == ChangePhase::Apply));
+    assert!(planned.plan_json.contains("resource_changes"));
+    assert_eq!(p.read("a.txt").as_deref(), Some("a1"));
+    let outputs: Value = serde_json::from_str(&applied.outputs_json).unwrap();
+    assert_eq!(outputs["a_path"], "./out/a.txt");
+    // The applied plan is current: planning again finds nothing to do.
+    let (r, _) = plan(&h, &p, &[], false, false).await;
+    ok_plan(&r);
+    assert!(r.no_op, "{r:?}");
     h.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 

@@ -22,6 +22,12 @@ pub struct PlanVerdict {
     pub approval_policies: bool,
 }
 
+/// Whether any plan policy (attached or auto-attached) applies to `stack`.
+pub async fn any_for(state: &AppState, stack: &Stack) -> Result<bool> {
+    let all = state.store.all_policies().await?;
+    Ok(!select(state, &all, PolicyKind::Plan, stack).is_empty())
+}
+
 /// Evaluates the plan policies of `stack` for `run`, whose `changes`, `delta` and `plan_json`
 /// already hold the plan's result.
 pub async fn evaluate_plan(state: &AppState, run: &Run, stack: &Stack) -> Result<PlanVerdict> {

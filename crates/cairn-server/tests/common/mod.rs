@@ -453,6 +453,15 @@ impl TestAgent {
         .await;
     }
 
+    /// The plugin's word that the saved plan has changes, passed on before its details.
+    pub async fn plan_saved(&self, lease: &apb::Lease) {
+        self.event(
+            lease,
+            apb::job_event::Event::PlanSaved(cairn_proto::runner::v1::PlanSaved {}),
+        )
+        .await;
+    }
+
     /// Runs the planning phases and reports `addresses` as changes.
     pub async fn plan_through(&self, lease: &apb::Lease, addresses: &[&str]) {
         self.phase(lease, pb::Phase::Initializing).await;
