@@ -133,10 +133,12 @@ async fn a_lock_held_by_terraform_on_a_killed_worker_is_released_when_the_run_fa
     assert_eq!(held.holder_run_id, run.id);
     assert!(!held.holder_worker_id.is_empty());
     assert!(held.who.contains('@'), "Terraform's Who: {:?}", held.who);
-    assert_eq!(
-        state_of(&server.get_run(&run.id).await?),
-        pb::RunState::Applying
-    );
+    // The agent reports the phase as it starts Apply, on another connection than Terraform's.
+    wait_until("the run to be applying", WAIT, || async {
+        let r = server.get_run(&run.id).await?;
+        Ok((state_of(&r) == pb::RunState::Applying).then_some(()))
+    })
+    .await?;
 
     // The worker's machine dies: the lease expires, the run fails, the lock goes.
     agent.kill()?;

@@ -855,6 +855,8 @@ impl Job {
                         if let Some(d) = decision.filter(|d| d.apply) {
                             let why = if d.reason.is_empty() { String::new() } else { format!(" ({})", d.reason) };
                             self.system(&format!("Applying the plan while its details are read{why}"));
+                            // The run is applying from now on, whatever the plan stream still says.
+                            self.advance(Phase::Applying);
                             applying = Some(self.start_apply(&mut client, tree, &job_span).await?);
                         }
                         continue;
@@ -891,6 +893,7 @@ impl Job {
         .await?;
         self.described(true).await?;
         let mut result = result.ok_or_else(|| self.stream_ended("plan"))?;
+        // Phases never go back: after an early apply this changes nothing.
         self.advance(Phase::Planning);
         result.error = self.redactor.redact(&result.error);
         if !self.redactor.is_empty() {

@@ -338,7 +338,10 @@ async fn a_saved_plan_of_an_autodeploy_stack_applies_while_its_details_come() {
         "{:?}",
         preparing.states_history
     );
-    // The details arrive while the run applies; they are recorded, and it stays where it is.
+    // As the agent does: the run applies, then the details arrive; they are recorded, and the
+    // run stays where it is.
+    agent.phase(&lease, pb::Phase::Applying).await;
+    s.wait_state(&run.id, pb::RunState::Applying).await;
     agent.plan(&lease, &["aws_s3_bucket.a"]).await;
     let detailed = loop {
         let run = s.get_run(&run.id).await;
@@ -347,7 +350,7 @@ async fn a_saved_plan_of_an_autodeploy_stack_applies_while_its_details_come() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
-    assert_eq!(detailed.state(), pb::RunState::PreparingApply);
+    assert_eq!(detailed.state(), pb::RunState::Applying);
     assert_eq!(detailed.delta.unwrap().added_resources, 1);
     assert!(!detailed.no_op);
     agent.apply_ok(&lease).await;
