@@ -342,3 +342,34 @@ fn flags_from_a_trigger_policy() {
     let d = p.decide(&i).expect("decide");
     assert_eq!(d.flags(), &set(&["seen-by-trigger"]));
 }
+
+/// The Rego input is built by hand (a compact object, `stacks` parsed from text once) rather than
+/// converted from JSON; it must still be exactly the document a policy sample stores.
+#[test]
+fn rego_input_is_the_json_document() {
+    use cairn_policy::PolicyInput;
+
+    let mut deploy = stack("deploy", &["depends-on:network", "team:ops"]);
+    deploy.project_root = Some("stacks/deploy".to_string());
+    let stacks = [stack("network", &[]), deploy];
+    let workflow = vec![WorkflowRun {
+        id: "run-0".to_string(),
+        stack_id: "network".to_string(),
+        state: "FINISHED".to_string(),
+        r#type: "TRACKED".to_string(),
+    }];
+    let input = input(
+        run("FINISHED", "TRACKED", Some("user")),
+        "network",
+        &stacks,
+        workflow,
+    );
+    let rego = input.to_rego().expect("rego");
+    let json = input.to_json().expect("json");
+    assert_eq!(rego, regorus::Value::from(json.clone()));
+    assert_eq!(
+        rego["stacks"][1]["labels"][0],
+        regorus::Value::from("depends-on:network")
+    );
+    assert_eq!(json["workflow"][0]["stack_id"], "network");
+}
