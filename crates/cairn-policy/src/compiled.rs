@@ -23,11 +23,6 @@ pub const POLICY_PACKAGE: &str = "spacelift";
 /// Default time budget of one evaluation.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Deep inputs and deep rule chains recurse in the interpreter; evaluations run on their own
-/// thread with a stack large enough that a pathological policy fails on the time budget rather
-/// than overflowing.
-const EVAL_STACK_BYTES: usize = 64 * 1024 * 1024;
-
 /// How often (in interpreter work units) regorus looks at the clock.
 const TIMER_CHECK_INTERVAL: u32 = 64;
 
@@ -247,11 +242,11 @@ impl CompiledPolicy {
         self.evaluate(input)?.decision(self.kind)
     }
 
-    /// Evaluates on a dedicated thread (see [`run_bounded`]).
+    /// Evaluates on an evaluator thread (see [`run_bounded`]).
     pub fn evaluate_value(&self, input: Value) -> Result<Evaluation> {
         let mut engine = self.engine.clone();
         let started = Instant::now();
-        let document = run_bounded(&self.id, self.options.timeout, move || {
+        let document = run_bounded(self.options.timeout, move || {
             engine.set_input(input);
             run_query(&mut engine)
         })?;
@@ -262,24 +257,21 @@ impl CompiledPolicy {
     }
 }
 
-/// Runs `work` on its own thread and waits at most a little past `budget`. regorus' cooperative
+/// Runs `work` on an evaluator thread (see [`crate::evaluator`]) and waits at most a little past
+/// `budget`. regorus' cooperative
 /// timer (configured on the engine) stops loops at the budget; the caller additionally stops
 /// waiting shortly after it, so that a builtin stuck on a huge value cannot hold the caller
 /// either (the runaway thread is left to finish on its own). Both cases fail closed with
 /// [`PolicyError::Timeout`].
 pub(crate) fn run_bounded<T: Send + 'static>(
-    name: &str,
     budget: Duration,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name(format!("policy-{name}"))
-        .stack_size(EVAL_STACK_BYTES)
-        .spawn(move || {
-            let _ = tx.send(work());
-        })
-        .map_err(|e| PolicyError::Evaluation(format!("cannot start evaluator: {e}")))?;
+    crate::evaluator::spawn(move || {
+        let _ = tx.send(work());
+    })
+    .map_err(|e| PolicyError::Evaluation(format!("cannot start evaluator: {e}")))?;
     let hard_deadline = budget + budget / 4 + Duration::from_millis(5);
     let outcome = match rx.recv_timeout(hard_deadline) {
         Ok(outcome) => outcome,

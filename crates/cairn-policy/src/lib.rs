@@ -14,6 +14,7 @@ pub mod bench;
 mod compiled;
 pub mod decision;
 mod error;
+mod evaluator;
 pub mod input;
 mod sanitize;
 mod source;

@@ -221,15 +221,14 @@ pub fn run_tests_with(dir: &Path, options: PolicyOptions) -> Result<TestReport> 
         let mut test_engine = engine.clone();
         let rule = format!("{package}.{name}");
         let started = Instant::now();
-        let outcome = match compiled::run_bounded(&name, options.timeout, move || {
-            test_engine.eval_rule(rule)
-        }) {
-            Ok(Value::Bool(true)) => TestOutcome::Pass,
-            Ok(_) => TestOutcome::Fail,
-            Err(e) => TestOutcome::Error {
-                message: e.to_string(),
-            },
-        };
+        let outcome =
+            match compiled::run_bounded(options.timeout, move || test_engine.eval_rule(rule)) {
+                Ok(Value::Bool(true)) => TestOutcome::Pass,
+                Ok(_) => TestOutcome::Fail,
+                Err(e) => TestOutcome::Error {
+                    message: e.to_string(),
+                },
+            };
         report.results.push(TestResult {
             package,
             name,
