@@ -220,6 +220,122 @@ async fn plan_and_apply_runs_in_one_work_tree() {
 }
 
 #[tokio::test]
+async fn a_saved_plan_applies_as_soon_as_the_control_plane_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let agent = Agent::spawn(config(&plane, &tmp.path().join("work")));
+
+    // The plugin holds its result back until the apply has begun: only an agent that applies
+    // beside the rest of the plan gets through.
+    let mut both = lease("early-1", "run-e", JobKind::PlanAndApply, &repo, &sha);
+    both.env.insert("TESTECHO_SAVED".into(), "wait".into());
+    plane.send_lease(both).await;
+    plane
+        .wait_event("early-1", "the saved plan", |e| {
+            matches!(e, job_event::Event::PlanSaved(_)).then_some(())
+        })
+        .await;
+    plane.proceed("early-1", true, false).await;
+    let job_event::Event::ApplyResult(applied) =
+        plane.wait_end("early-1", JobKind::PlanAndApply).await
+    else {
+        panic!("{:?}", plane.events("early-1"));
+    };
+    assert!(applied.success, "{applied:?}");
+    let events = plane.events("early-1");
+    let saved = position(&events, |e| matches!(e, job_event::Event::PlanSaved(_)));
+    let applying = position(
+        &events,
+        |e| matches!(e, job_event::Event::Phase(p) if p.phase == Phase::Applying as i32),
+    );
+    let planned = position(
+        &events,
+        |e| matches!(e, job_event::Event::PlanResult(r) if r.success),
+    );
+    let result = position(&events, |e| matches!(e, job_event::Event::ApplyResult(_)));
+    // The run applies from the decision on; the plan result still comes before anything the
+    // apply reports.
+    assert!(
+        saved < applying && applying < planned && planned < result,
+        "{events:?}"
+    );
+    assert!(plane
+        .logs("early-1")
+        .iter()
+        .any(|l| l.message == "Applying the plan while its details are read (decided by a test)"));
+    assert!(!plane
+        .logs("early-1")
+        .iter()
+        .any(|l| l.message.starts_with("Waiting for the control plane")));
+
+    // Without a decision before the result, the job waits for it as usual.
+    let mut both = lease("early-2", "run-f", JobKind::PlanAndApply, &repo, &sha);
+    both.env.insert("TESTECHO_SAVED".into(), "send".into());
+    plane.send_lease(both).await;
+    plane
+        .wait_event("early-2", "the wait for the decision", |e| match e {
+            job_event::Event::Log(l) if l.message.starts_with("Waiting for the control plane") => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    plane.proceed("early-2", false, false).await;
+    plane.wait_released("early-2").await;
+    assert!(!plane
+        .events("early-2")
+        .iter()
+        .any(|e| matches!(e, job_event::Event::ApplyResult(_))));
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plan_that_fails_after_its_apply_began_stops_the_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(tmp.path());
+    let plane = Plane::start(None).await;
+    let work = tmp.path().join("work");
+    let agent = Agent::spawn(config(&plane, &work));
+
+    let mut both = lease("late-1", "run-g", JobKind::PlanAndApply, &repo, &sha);
+    both.env.insert("TESTECHO_SAVED".into(), "fail".into());
+    plane.send_lease(both).await;
+    plane
+        .wait_event("late-1", "the saved plan", |e| {
+            matches!(e, job_event::Event::PlanSaved(_)).then_some(())
+        })
+        .await;
+    plane.proceed("late-1", true, false).await;
+    let failed = plane
+        .wait_event("late-1", "the plan result", |e| match e {
+            job_event::Event::PlanResult(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(!failed.success);
+    assert_eq!(failed.error, "the plan's details could not be read");
+    plane.wait_released("late-1").await;
+    assert!(plane
+        .logs("late-1")
+        .iter()
+        .any(|l| l.message.contains("stopping the apply")));
+    // The apply's vendor process is gone.
+    let pid_file = work.join("jobs/late-1/tree/infra/.testecho-apply-pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+    wait_until("the apply's vendor process to end", || async {
+        (!proc_dir.exists()).then_some(())
+    })
+    .await;
+    assert!(!plane
+        .events("late-1")
+        .iter()
+        .any(|e| matches!(e, job_event::Event::ApplyResult(_))));
+    agent.shutdown().await;
+}
+
+#[tokio::test]
 async fn plan_and_apply_without_apply_uploads_when_asked_and_the_workspace_applies_later() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, sha) = make_repo(tmp.path());

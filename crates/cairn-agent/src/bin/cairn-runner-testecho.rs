@@ -7,7 +7,12 @@
 //! - `TESTECHO_NO_REDACT=1`: do not mask secrets here (to prove the agent masks them itself);
 //! - `TESTECHO_SLEEP=<secs>`: plan runs `sleep` as its vendor process, writing the process id
 //!   to `$TESTECHO_PIDFILE` first (for cancellation tests);
-//! - `TESTECHO_CRASH=plan|apply`: exit abruptly in that call.
+//! - `TESTECHO_CRASH=plan|apply`: exit abruptly in that call;
+//! - `TESTECHO_SAVED=send|wait|fail`: once the plan file is written, plan sends `PlanSaved`;
+//!   with `wait` and `fail` it then waits for an Apply of it to begin (apply writes
+//!   `.testecho-applying` first) and ends with its result (`wait`) or fails (`fail`; that apply
+//!   then runs `sleep` as its vendor process, writing the process id to `.testecho-apply-pid`,
+//!   so that its stop can be seen).
 //!
 //! Planning also logs the `traceparent` it received in the request metadata.
 
@@ -15,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_proto::runner::v1::{
     apply_response, plan_response, ApplyRequest, ApplyResponse, ApplyResult, Capabilities,
-    DescribeRequest, DescribeResponse, PlanRequest, PlanResponse, PlanResult, Workspace,
+    DescribeRequest, DescribeResponse, PlanRequest, PlanResponse, PlanResult, PlanSaved, Workspace,
 };
 use cairn_proto::v1::{Change, ChangeAction, ChangePhase, Delta, Entity, LogStream, Phase};
 use cairn_runner_sdk::{
@@ -25,6 +30,8 @@ use tonic::{Request, Response, Status};
 
 const PLAN_FILE: &str = ".testecho-plan";
 const APPLIED_FILE: &str = ".testecho-applied";
+const APPLYING_FILE: &str = ".testecho-applying";
+const APPLY_PID_FILE: &str = ".testecho-apply-pid";
 
 struct TestEcho;
 
@@ -42,6 +49,10 @@ fn redactor(ws: &Workspace) -> Redactor {
 
 fn crash_in(ws: &Workspace, call: &str) -> bool {
     ws.env.get("TESTECHO_CRASH").map(String::as_str) == Some(call)
+}
+
+fn saved_mode(ws: &Workspace) -> Option<&str> {
+    ws.env.get("TESTECHO_SAVED").map(String::as_str)
 }
 
 fn change(name: &str, size: u64, phase: ChangePhase) -> Change {
@@ -141,6 +152,24 @@ async fn plan(
     }
     let plan_text: String = files.iter().map(|(n, _)| format!("{n}\n")).collect();
     std::fs::write(dir.join(PLAN_FILE), plan_text).map_err(|e| format!("writing plan: {e}"))?;
+    if let Some(mode) = saved_mode(&ws) {
+        sink.send(PlanResponse {
+            event: Some(plan_response::Event::Saved(PlanSaved {})),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let applying = dir.join(APPLYING_FILE);
+        let waits = if mode == "send" { 0 } else { 6000 };
+        for _ in 0..waits {
+            if applying.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if mode == "fail" {
+            return Err("the plan's details could not be read".into());
+        }
+    }
     Ok(PlanResult {
         success: true,
         no_op: files.is_empty(),
@@ -159,6 +188,18 @@ async fn apply(sink: &EventSink<ApplyResponse>, req: ApplyRequest) -> Result<App
         .map_err(|e| e.to_string())?;
     let plan = std::fs::read_to_string(dir.join(PLAN_FILE))
         .map_err(|e| format!("no saved plan at {}: {e}", dir.join(PLAN_FILE).display()))?;
+    std::fs::write(dir.join(APPLYING_FILE), "").map_err(|e| e.to_string())?;
+    if saved_mode(&ws) == Some("fail") {
+        let outcome = VendorCommand::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {APPLY_PID_FILE}; exec sleep 600"))
+            .current_dir(&dir)
+            .grace(std::time::Duration::from_secs(5))
+            .run(sink, |line| Some(line.to_owned()))
+            .await
+            .map_err(|e| e.to_string())?;
+        return Err(outcome.error_message());
+    }
     if crash_in(&ws, "apply") {
         std::process::exit(3);
     }
