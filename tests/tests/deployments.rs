@@ -163,26 +163,33 @@ async fn wait_run(
     })
     .await;
     if res.is_err() {
-        let logs = log_text(server, run_id).await.unwrap_or_default();
-        let run = server.get_run(run_id).await?;
-        let history: Vec<String> = run
-            .states_history
-            .iter()
-            .map(|t| {
-                format!(
-                    "{:?} {}",
-                    S::try_from(t.state).unwrap_or(S::Unspecified),
-                    t.note
-                )
-            })
-            .collect();
-        eprintln!(
-            "run {run_id}: cycle {}, steps {:?}, history {history:?}\nlogs:\n{logs}",
-            run.cycle,
-            steps(&run)
-        );
+        dump_run(server, run_id).await?;
     }
     res
+}
+
+/// Prints the run's cycle, steps, state history and stored log: what a timed-out wait needs
+/// to tell which transition never came.
+async fn dump_run(server: &TestServer, run_id: &str) -> Result<()> {
+    let logs = log_text(server, run_id).await.unwrap_or_default();
+    let run = server.get_run(run_id).await?;
+    let history: Vec<String> = run
+        .states_history
+        .iter()
+        .map(|t| {
+            format!(
+                "{:?} {}",
+                S::try_from(t.state).unwrap_or(S::Unspecified),
+                t.note
+            )
+        })
+        .collect();
+    eprintln!(
+        "run {run_id}: cycle {}, steps {:?}, history {history:?}\nlogs:\n{logs}",
+        run.cycle,
+        steps(&run)
+    );
+    Ok(())
 }
 
 fn steps(run: &pb::Run) -> Vec<(pb::StepKind, pb::StepState)> {
@@ -568,7 +575,7 @@ async fn a_run_that_never_converges_fails_at_the_cycle_cap() -> Result<()> {
         ..Default::default()
     })
     .await?;
-    let _agent = AgentProcess::start(&server, AgentOptions::named("cap")).await?;
+    let agent = AgentProcess::start(&server, AgentOptions::named("cap")).await?;
     let out = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
     let repo = GitRepo::new()?;
     repo.write("main.tf", NEVER_CONVERGES)?;
@@ -597,7 +604,15 @@ async fn a_run_that_never_converges_fails_at_the_cycle_cap() -> Result<()> {
             Ok(matches!(state_of(&r), S::Failed | S::Finished).then_some(r))
         },
     )
-    .await?;
+    .await;
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            dump_run(&server, &runs[0].id).await?;
+            eprintln!("agent log:\n{}", agent.log());
+            return Err(e);
+        }
+    };
     assert_eq!(state_of(&run), S::Failed, "{:?}", run.error);
     assert_eq!(
         run.error,

@@ -1041,6 +1041,14 @@ impl Session {
 
     async fn apply_result(&self, lease_id: &str, run_id: &str, r: rpb::ApplyResult) -> Result<()> {
         let run = self.state.store.get_run(run_id).await?;
+        // The applied workspace and its data key go before the run moves on: a deployment
+        // run's next cycle may be leased the moment it is REPLAN_REQUESTED, and that lease
+        // stores a new data key under the same run id. Deleted after the transition, the new
+        // key went too and the cycle's apply could never be leased ("no workspace key").
+        self.state
+            .artifacts
+            .delete_run(run_id, &run.artifact_id)
+            .await;
         if r.success {
             let note = if r.skipped {
                 "applying skipped (CAIRN_SKIP_APPLYING)"
@@ -1070,10 +1078,6 @@ impl Session {
             )
             .await;
         }
-        self.state
-            .artifacts
-            .delete_run(run_id, &run.artifact_id)
-            .await;
         self.end_lease(lease_id).await
     }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use cairn_proto::agent::v1 as apb;
 use cairn_proto::v1 as pb;
@@ -14,6 +15,14 @@ use tonic::service::interceptor::InterceptedService;
 
 /// A repository whose project root declares deployment `prod` in cairn.toml.
 fn repository(dir: &Path) -> (String, String) {
+    repository_with(
+        dir,
+        "[deployments.prod]\ninputs = { region = \"eu\", size = 3 }\n",
+    )
+}
+
+/// A repository whose project root has `cairn_toml` as its cairn.toml.
+fn repository_with(dir: &Path, cairn_toml: &str) -> (String, String) {
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")
             .args(args)
@@ -30,11 +39,7 @@ fn repository(dir: &Path) -> (String, String) {
     git(&["init", "-q", "-b", "main"]);
     std::fs::create_dir_all(dir.join("network")).unwrap();
     std::fs::write(dir.join("network/main.tf"), "# scripted\n").unwrap();
-    std::fs::write(
-        dir.join("network/cairn.toml"),
-        "[deployments.prod]\ninputs = { region = \"eu\", size = 3 }\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("network/cairn.toml"), cairn_toml).unwrap();
     git(&["add", "."]);
     git(&["commit", "-q", "-m", "prod"]);
     let sha = git(&["rev-parse", "HEAD"]);
@@ -181,4 +186,89 @@ async fn approved_runs_take_the_deployment_lock_in_approval_order() {
     );
     assert_eq!(converged.deployments[0].config_version, 1);
     assert_eq!(converged.deployments[0].lock_holder, r2);
+}
+
+/// Every cycle of a deployment run gets its apply. The run is dispatchable again the moment an
+/// apply moves it to REPLAN_REQUESTED, and the next plan lease stores a new data key under the
+/// same run id: the cleanup after an apply must not take that key with it (an apply lease
+/// needs it, so the run would wait CONFIRMED forever). Many cycles, so that the scheduler's
+/// lease and the apply result's cleanup meet in every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cycle_of_an_auto_approved_deployment_run_is_applied() {
+    const CYCLES: u32 = 25;
+    let s = TestServer::start_configured(Duration::from_secs(30), None, |c| {
+        c.deployment_max_cycles = CYCLES;
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, sha) = repository_with(
+        tmp.path(),
+        "[deployments.prod]\ninputs = { region = \"eu\" }\nauto_approve = true\n",
+    );
+    let mut stack = stack_input("net", false);
+    stack.repository = repo;
+    s.stacks(&s.admin)
+        .create_stack(pb::CreateStackRequest {
+            stack: Some(stack),
+            env: vec![],
+        })
+        .await
+        .unwrap();
+    let mut deployments = DeploymentServiceClient::new(InterceptedService::new(
+        s.channel.clone(),
+        Bearer(Some(s.admin.clone())),
+    ));
+    let run_id = deployments
+        .create_configuration_version(pb::CreateConfigurationVersionRequest {
+            stack_id: "net".into(),
+            commit_sha: sha,
+            archive: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_ids[0]
+        .clone();
+
+    // Free slots: the next cycle's plan may be leased while the apply's lease still ends.
+    let mut agent = TestAgent::connect(&s, 4).await;
+    for cycle in 1..=CYCLES {
+        let plan = agent.lease().await;
+        assert_eq!(
+            (plan.run_id.as_str(), plan.kind),
+            (run_id.as_str(), apb::JobKind::Plan as i32),
+            "cycle {cycle}"
+        );
+        let workspace = format!("workspace of cycle {cycle}");
+        agent.phase(&plan, pb::Phase::Initializing).await;
+        agent.phase(&plan, pb::Phase::Planning).await;
+        let stored = agent.upload(&plan, workspace.as_bytes()).await.unwrap();
+        agent
+            .event(
+                &plan,
+                apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                    artifact_id: stored.artifact_id,
+                    sha256: stored.sha256,
+                }),
+            )
+            .await;
+        agent.plan(&plan, &["aws_vpc.main"]).await;
+        let apply = agent.lease().await;
+        assert_eq!(
+            (apply.run_id.as_str(), apply.kind),
+            (run_id.as_str(), apb::JobKind::Apply as i32),
+            "cycle {cycle}"
+        );
+        assert!(!apply.workspace_key.is_empty(), "cycle {cycle}");
+        let (restored, _) = agent.download(&apply).await.unwrap();
+        assert_eq!(restored, workspace.as_bytes(), "cycle {cycle}");
+        agent.apply_ok(&apply).await;
+    }
+    let last = agent.lease().await;
+    assert_eq!(last.kind, apb::JobKind::Plan as i32);
+    agent.plan_through(&last, &[]).await;
+    let run = s.wait_state(&run_id, pb::RunState::Finished).await;
+    assert_eq!(run.cycle, CYCLES + 1);
+    assert_eq!(run.steps.len(), 2 * CYCLES as usize + 1);
+    assert_eq!(lock_holder(&s, "net").await, "");
 }
