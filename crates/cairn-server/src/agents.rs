@@ -667,52 +667,6 @@ impl Session {
         Ok(())
     }
 
-    /// The result of a plan already applying ([`Self::plan_saved`]): its details are recorded
-    /// on the run, which stays where it is; a plan that failed after all fails the run (the
-    /// agent stops the apply).
-    async fn applying_plan_result(
-        &self,
-        lease_id: &str,
-        run_id: &str,
-        r: rpb::PlanResult,
-    ) -> Result<()> {
-        if !r.success {
-            fail_run(
-                &self.state,
-                run_id,
-                &format!("planning failed: {}", r.error),
-            )
-            .await;
-            return self.end_lease(lease_id).await;
-        }
-        let changes = plan_changes(r.changes);
-        let changes = match changes {
-            Ok(c) => c,
-            Err(e) => {
-                fail_run(&self.state, run_id, &format!("bad plan result: {e}")).await;
-                return self.end_lease(lease_id).await;
-            }
-        };
-        let patch = RunPatch {
-            delta: Some(
-                r.delta
-                    .map(convert::delta_from)
-                    .unwrap_or_else(|| Delta::from_changes(&changes)),
-            ),
-            changes: Some(changes),
-            no_op: Some(r.no_op),
-            plan_json: Some(r.plan_json),
-            ..Default::default()
-        };
-        self.state
-            .mutate_run(run_id, |run, now| {
-                run.apply_patch(patch.clone(), now);
-                Ok(())
-            })
-            .await?;
-        Ok(())
-    }
-
     async fn plan_result(
         &self,
         lease_id: &str,
@@ -721,13 +675,14 @@ impl Session {
         r: rpb::PlanResult,
     ) -> Result<()> {
         let run = self.state.store.get_run(run_id).await?;
-        if kind == apb::JobKind::PlanAndApply
-            && matches!(run.state, RunState::PreparingApply | RunState::Applying)
-        {
-            return self.applying_plan_result(lease_id, run_id, r).await;
+        // Applied on the saved plan alone (see `plan_saved`): the result brings its details.
+        let applying = kind == apb::JobKind::PlanAndApply
+            && matches!(run.state, RunState::PreparingApply | RunState::Applying);
+        if !applying {
+            advance_to(&self.state, run_id, run.state, RunState::Planning).await;
         }
-        advance_to(&self.state, run_id, run.state, RunState::Planning).await;
         if !r.success {
+            // An applying run's agent stops the apply.
             fail_run(
                 &self.state,
                 run_id,
@@ -736,8 +691,7 @@ impl Session {
             .await;
             return self.end_lease(lease_id).await;
         }
-        let changes = plan_changes(r.changes);
-        let changes = match changes {
+        let changes = match plan_changes(r.changes) {
             Ok(c) => c,
             Err(e) => {
                 fail_run(&self.state, run_id, &format!("bad plan result: {e}")).await;
@@ -746,6 +700,26 @@ impl Session {
                 return self.end_lease(lease_id).await;
             }
         };
+        let delta = r
+            .delta
+            .map(convert::delta_from)
+            .unwrap_or_else(|| Delta::from_changes(&changes));
+        if applying {
+            let patch = RunPatch {
+                delta: Some(delta),
+                changes: Some(changes),
+                no_op: Some(r.no_op),
+                plan_json: Some(r.plan_json),
+                ..Default::default()
+            };
+            self.state
+                .mutate_run(run_id, |run, now| {
+                    run.apply_patch(patch.clone(), now);
+                    Ok(())
+                })
+                .await?;
+            return Ok(());
+        }
         // Autodeploy counts as it is now, not as it was when the run was leased: turning it
         // off while a run plans makes that run wait for confirmation.
         let autodeploy = kind == apb::JobKind::PlanAndApply
@@ -755,10 +729,6 @@ impl Session {
                 .get_stack(&run.stack_id)
                 .await
                 .is_ok_and(|s| s.autodeploy);
-        let delta = r
-            .delta
-            .map(convert::delta_from)
-            .unwrap_or_else(|| Delta::from_changes(&changes));
         if let Some(why) = crate::deployments::cycle_cap(&self.state, &run, r.no_op) {
             let patch = RunPatch {
                 delta: Some(delta),

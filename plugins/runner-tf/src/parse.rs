@@ -60,18 +60,13 @@ pub fn parse_plan(
             "before": rc["change"]["before"],
             "after": rc["change"]["after"],
         });
-        changes.push(Change {
-            action: action as i32,
-            entity: Some(Entity {
-                address: str_of(&rc["address"]),
-                name: str_of(&rc["name"]),
-                r#type: str_of(&rc["type"]),
-                entity_vendor: vendor.to_owned(),
-                entity_type: "resource".to_owned(),
-                data_json: data.to_string(),
-            }),
-            phase: phase as i32,
-        });
+        changes.push(resource_change(
+            action,
+            phase,
+            vendor,
+            [&rc["address"], &rc["name"], &rc["type"]],
+            &data,
+        ));
     }
 
     if let Some(outputs) = doc["output_changes"].as_object() {
@@ -138,18 +133,17 @@ impl StreamedPlan {
         };
         count(&mut self.delta, action, false);
         let resource = &change["resource"];
-        self.changes.push(Change {
-            action: action as i32,
-            entity: Some(Entity {
-                address: str_of(&resource["addr"]),
-                name: str_of(&resource["resource_name"]),
-                r#type: str_of(&resource["resource_type"]),
-                entity_vendor: vendor.to_owned(),
-                entity_type: "resource".to_owned(),
-                data_json: json!({ "actions": actions }).to_string(),
-            }),
-            phase: ChangePhase::Plan as i32,
-        });
+        self.changes.push(resource_change(
+            action,
+            ChangePhase::Plan,
+            vendor,
+            [
+                &resource["addr"],
+                &resource["resource_name"],
+                &resource["resource_type"],
+            ],
+            &json!({ "actions": actions }),
+        ));
     }
 
     /// The plan as far as `plan -json` told it: no plan document, and not a no-op (the plan's
@@ -161,6 +155,28 @@ impl StreamedPlan {
             no_op: false,
             plan_json: String::new(),
         }
+    }
+}
+
+/// A change of the resource named by `[address, name, type]`.
+fn resource_change(
+    action: ChangeAction,
+    phase: ChangePhase,
+    vendor: &str,
+    [address, name, r#type]: [&Value; 3],
+    data: &Value,
+) -> Change {
+    Change {
+        action: action as i32,
+        entity: Some(Entity {
+            address: str_of(address),
+            name: str_of(name),
+            r#type: str_of(r#type),
+            entity_vendor: vendor.to_owned(),
+            entity_type: "resource".to_owned(),
+            data_json: data.to_string(),
+        }),
+        phase: phase as i32,
     }
 }
 

@@ -145,11 +145,19 @@ async fn plan(
 }
 
 async fn apply(h: &PluginHandle, p: &Project) -> (ApplyResult, Vec<LogLine>) {
-    let mut stream = h
-        .client
-        .clone()
+    apply_in(h.client.clone(), p.workspace()).await
+}
+
+/// [`apply`] with what it needs owned, to run in a task of its own.
+async fn apply_in(
+    mut client: cairn_proto::runner::v1::runner_service_client::RunnerServiceClient<
+        tonic::transport::Channel,
+    >,
+    workspace: Workspace,
+) -> (ApplyResult, Vec<LogLine>) {
+    let mut stream = client
         .apply(ApplyRequest {
-            workspace: Some(p.workspace()),
+            workspace: Some(workspace),
             ..Default::default()
         })
         .await
@@ -436,26 +444,7 @@ async fn apply_runs_beside_the_plans_show() {
     while let Some(msg) = planning.next().await {
         match msg.unwrap().event.unwrap() {
             plan_response::Event::Saved(_) => {
-                let h = h.client.clone();
-                let ws = p.workspace();
-                applying = Some(tokio::spawn(async move {
-                    let mut client = h;
-                    let mut stream = client
-                        .apply(ApplyRequest {
-                            workspace: Some(ws),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    let mut result = None;
-                    while let Some(msg) = stream.next().await {
-                        if let apply_response::Event::Result(r) = msg.unwrap().event.unwrap() {
-                            result = Some(r);
-                        }
-                    }
-                    result.expect("apply stream ends with a result")
-                }));
+                applying = Some(tokio::spawn(apply_in(h.client.clone(), p.workspace())));
             }
             plan_response::Event::Result(r) => plan_result = Some(r),
             _ => {}
@@ -463,7 +452,7 @@ async fn apply_runs_beside_the_plans_show() {
     }
     let planned = plan_result.expect("plan stream ends with a result");
     ok_plan(&planned);
-    let applied = applying
+    let (applied, _) = applying
         .expect("the plugin said the plan was saved")
         .await
         .unwrap();
