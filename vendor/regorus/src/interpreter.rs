@@ -592,6 +592,32 @@ impl Interpreter {
         Ok(())
     }
 
+    /// [`Self::add_variable`] for a name spelled at `span`, without cloning the name once more.
+    fn bind_variable(&mut self, span: &Span, value: Value) -> Result<()> {
+        let name = span.source_str();
+        if name.text() != "_" {
+            self.current_scope_mut()?.insert(name, value);
+        }
+        Ok(())
+    }
+
+    /// [`Self::execute_destructuring_plan`] for a value the caller no longer needs: a plain
+    /// variable takes it as it is instead of a clone of it.
+    fn execute_destructuring_plan_owned(
+        &mut self,
+        plan: &DestructuringPlan,
+        value: Value,
+    ) -> Result<Value> {
+        match plan {
+            DestructuringPlan::Var(var_name) if !matches!(value, Value::Undefined) => {
+                self.check_execution_time()?;
+                self.bind_variable(var_name, value)?;
+                Ok(Value::Bool(true))
+            }
+            _ => self.execute_destructuring_plan(plan, &value),
+        }
+    }
+
     fn add_variable_or(&mut self, name: &SourceStr) -> Result<Value> {
         for scope in self.scopes.iter().rev() {
             if let Some(variable) = scope.get(name) {
@@ -896,7 +922,7 @@ impl Interpreter {
         match plan {
             DestructuringPlan::Var(var_name) => {
                 // Bind the variable to the value
-                self.add_variable(&var_name.source_str(), value.clone())?;
+                self.bind_variable(var_name, value.clone())?;
                 Ok(Value::Bool(true))
             }
 
@@ -989,7 +1015,7 @@ impl Interpreter {
             } => {
                 // For :=, evaluate RHS and bind to LHS pattern
                 let rhs_value = self.eval_expr(rhs_expr)?;
-                self.execute_destructuring_plan(lhs_plan, &rhs_value)
+                self.execute_destructuring_plan_owned(lhs_plan, rhs_value)
             }
 
             AssignmentPlan::EqualsBindLeft {
@@ -999,7 +1025,7 @@ impl Interpreter {
             } => {
                 // For = with LHS binding, evaluate RHS and bind to LHS pattern
                 let rhs_value = self.eval_expr(rhs_expr)?;
-                self.execute_destructuring_plan(lhs_plan, &rhs_value)
+                self.execute_destructuring_plan_owned(lhs_plan, rhs_value)
             }
 
             AssignmentPlan::EqualsBindRight {
@@ -1009,7 +1035,7 @@ impl Interpreter {
             } => {
                 // For = with RHS binding, evaluate LHS and bind to RHS pattern
                 let lhs_value = self.eval_expr(lhs_expr)?;
-                self.execute_destructuring_plan(rhs_plan, &lhs_value)
+                self.execute_destructuring_plan_owned(rhs_plan, lhs_value)
             }
 
             AssignmentPlan::EqualsBothSides {
@@ -1648,6 +1674,11 @@ impl Interpreter {
     }
 
     fn eval_stmt(&mut self, stmt: &LiteralStmt, stmts: &[&LiteralStmt]) -> Result<bool> {
+        // Without `with` modifiers there is no state to save and restore (and moving the empty
+        // saved state around costs a copy of a large tuple on every statement).
+        if stmt.with_mods.is_empty() {
+            return self.eval_stmt_impl(stmt, stmts);
+        }
         let (saved_state, skip_exec) = self.apply_with_modifiers(stmt)?;
         let r = if !skip_exec {
             self.eval_stmt_impl(stmt, stmts)
@@ -1699,7 +1730,11 @@ impl Interpreter {
             let mut result = false;
 
             // Apply with modifiers before evaluating the loop expression.
-            let (saved_state, _) = self.apply_with_modifiers(first_stmt)?;
+            let saved_state = if first_stmt.with_mods.is_empty() {
+                None
+            } else {
+                self.apply_with_modifiers(first_stmt)?.0
+            };
 
             let collection_expr = Self::loop_collection_expr(loop_info).clone();
             let loop_value = if let Expr::Call {
