@@ -109,6 +109,8 @@ async fn plan(h: &PluginHandle, p: &Project, targets: &[&str]) -> PlanResult {
             plan_response::Event::Log(l) => logs.push(l),
             plan_response::Event::Result(r) => result = Some(r),
             plan_response::Event::Phase(_) => {}
+            // Its apply plans again; there is no saved plan that could be applied early.
+            plan_response::Event::Saved(_) => panic!("the ansible plugin announced a saved plan"),
         }
     }
     check_no_secret(&logs);

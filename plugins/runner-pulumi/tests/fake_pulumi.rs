@@ -74,6 +74,8 @@ async fn plan(h: &PluginHandle, p: &Project, targets: &[&str], skip: bool) -> Pl
             }
             plan_response::Event::Result(r) => result = Some(r),
             plan_response::Event::Phase(_) => {}
+            // Its apply plans again; there is no saved plan that could be applied early.
+            plan_response::Event::Saved(_) => panic!("the pulumi plugin announced a saved plan"),
         }
     }
     result.expect("plan ends with a result")
