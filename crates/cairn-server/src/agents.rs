@@ -1300,7 +1300,21 @@ async fn lease_run(
     };
     variables.extend(upstream.variables);
     let workspace_key = match kind {
-        apb::JobKind::Apply => state.artifacts.data_key(&state.master_key, &run.id).await?,
+        apb::JobKind::Apply => match state.artifacts.data_key(&state.master_key, &run.id).await? {
+            Some(key) => key,
+            None => {
+                // Without its key the plan's workspace can never be opened: retrying on every
+                // scheduling round would leave the run CONFIRMED for good, and silently.
+                fail_run(
+                    state,
+                    &run.id,
+                    "the plan's workspace key is gone, so its workspace cannot be applied; \
+                     trigger the run again",
+                )
+                .await;
+                return Ok(());
+            }
+        },
         _ => {
             state
                 .artifacts

@@ -138,12 +138,14 @@ impl ArtifactStore {
         Ok(key)
     }
 
-    /// The run's data key, for the apply lease.
-    pub async fn data_key(&self, master: &MasterKey, run_id: &str) -> Result<Vec<u8>> {
-        let wrapped = tokio::fs::read(self.path(run_id, "key")?)
-            .await
-            .map_err(|_| ServerError::precondition(format!("run {run_id} has no workspace key")))?;
-        master.unwrap(&wrapped, run_id.as_bytes())
+    /// The run's data key, for the apply lease; `None` when the run has none (any more).
+    pub async fn data_key(&self, master: &MasterKey, run_id: &str) -> Result<Option<Vec<u8>>> {
+        let wrapped = match tokio::fs::read(self.path(run_id, "key")?).await {
+            Ok(wrapped) => wrapped,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ServerError::io("reading a wrapped data key", e)),
+        };
+        master.unwrap(&wrapped, run_id.as_bytes()).map(Some)
     }
 
     /// Keeps a normalized uploaded configuration, sealed by the master key, under its digest.

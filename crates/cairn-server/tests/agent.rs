@@ -179,6 +179,51 @@ async fn tracked_run_plans_waits_for_confirmation_and_applies_the_stored_workspa
 }
 
 #[tokio::test]
+async fn a_confirmed_run_whose_workspace_key_is_gone_fails_instead_of_waiting() {
+    let s = TestServer::start().await;
+    s.stack("app", false, SHA_A).await;
+    let mut agent = TestAgent::connect(&s, 1).await;
+    let run = s.trigger("app", pb::RunType::Tracked).await;
+    let lease = agent.lease().await;
+    agent.plan_through(&lease, &["aws_s3_bucket.a"]).await;
+    let stored = agent
+        .upload(&lease, &encrypt(&lease.workspace_key, b"workspace"))
+        .await
+        .unwrap();
+    agent
+        .event(
+            &lease,
+            apb::job_event::Event::WorkspaceStored(apb::WorkspaceStored {
+                artifact_id: stored.artifact_id,
+                sha256: stored.sha256,
+            }),
+        )
+        .await;
+    s.wait_state(&run.id, pb::RunState::Unconfirmed).await;
+    let key = s
+        .dir
+        .path()
+        .join("artifacts")
+        .join(format!("{}.key", run.id));
+    std::fs::remove_file(&key).unwrap();
+    s.runs(&s.admin)
+        .confirm_run(pb::ConfirmRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap();
+    let failed = s.wait_state(&run.id, pb::RunState::Failed).await;
+    assert!(
+        failed.error.contains("workspace key is gone"),
+        "{}",
+        failed.error
+    );
+    // The stack takes its next run.
+    let next = s.trigger("app", pb::RunType::Tracked).await;
+    assert_eq!(agent.lease().await.run_id, next.id);
+}
+
+#[tokio::test]
 async fn discard_deletes_the_workspace_and_the_next_run_starts() {
     let s = TestServer::start().await;
     s.stack("app", false, SHA_A).await;
