@@ -604,7 +604,8 @@ fn phases(run: &pb::Run) -> String {
 }
 
 async fn terraform_overhead(quick: bool, timeline: bool) -> Result<()> {
-    let rounds = if quick { 1 } else { 5 };
+    // Terraform's own time varies by ±150 ms between runs: enough rounds for a steady median.
+    let rounds = if quick { 1 } else { 9 };
     let plugins = plugin_dir()?;
     // The runs are triggered, as a webhook would: the poller that watches local repositories
     // (every 2 s by default) would otherwise find each round's push while its run is queued and
