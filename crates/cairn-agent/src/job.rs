@@ -375,11 +375,7 @@ impl Job {
     ) -> Result<()> {
         self.system("Waiting for the control plane to decide whether to apply the plan");
         let decision = control.decision().await?;
-        let reason = if decision.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", decision.reason)
-        };
+        let reason = reason_suffix(&decision);
         if decision.apply {
             self.system(&format!("Applying the plan{reason}"));
             self.apply(tree, plugin, None).await?;
@@ -853,8 +849,7 @@ impl Job {
                         awaiting_decision = None;
                         // Before the plan result the control plane only ever says "apply".
                         if let Some(d) = decision.filter(|d| d.apply) {
-                            let why = if d.reason.is_empty() { String::new() } else { format!(" ({})", d.reason) };
-                            self.system(&format!("Applying the plan while its details are read{why}"));
+                            self.system(&format!("Applying the plan while its details are read{}", reason_suffix(&d)));
                             // The run is applying from now on, whatever the plan stream still says.
                             self.advance(Phase::Applying);
                             applying = Some(self.start_apply(&mut client, tree, &job_span).await?);
@@ -984,6 +979,15 @@ impl Job {
         result.outputs_json = self.redactor.redact(&result.outputs_json);
         self.emit(job_event::Event::ApplyResult(result.clone()));
         Ok(result)
+    }
+}
+
+/// The control plane's reason for a decision, as the run log appends it: ` (why)`, or nothing.
+fn reason_suffix(decision: &ProceedJob) -> String {
+    if decision.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", decision.reason)
     }
 }
 

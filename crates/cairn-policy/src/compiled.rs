@@ -258,11 +258,10 @@ impl CompiledPolicy {
 }
 
 /// Runs `work` on an evaluator thread (see [`crate::evaluator`]) and waits at most a little past
-/// `budget`. regorus' cooperative
-/// timer (configured on the engine) stops loops at the budget; the caller additionally stops
-/// waiting shortly after it, so that a builtin stuck on a huge value cannot hold the caller
-/// either (the runaway thread is left to finish on its own). Both cases fail closed with
-/// [`PolicyError::Timeout`].
+/// `budget`. regorus' cooperative timer (configured on the engine) stops loops at the budget;
+/// the caller additionally stops waiting shortly after it, so that a builtin stuck on a huge
+/// value cannot hold the caller either (the runaway thread is left to finish on its own). Both
+/// cases fail closed with [`PolicyError::Timeout`].
 pub(crate) fn run_bounded<T: Send + 'static>(
     budget: Duration,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,

@@ -1069,8 +1069,6 @@ fn drives(kind: apb::JobKind, state: RunState) -> bool {
     }
 }
 
-/// Moves a run forward through the phases up to `target`, filling in phases an agent skipped.
-/// Stops quietly where the table refuses (e.g. the run was stopped meanwhile).
 /// A plan result's changes, each checked.
 fn plan_changes(changes: Vec<cairn_proto::v1::Change>) -> Result<Vec<Change>> {
     changes
@@ -1080,6 +1078,8 @@ fn plan_changes(changes: Vec<cairn_proto::v1::Change>) -> Result<Vec<Change>> {
         .collect()
 }
 
+/// Moves a run forward through the phases up to `target`, filling in phases an agent skipped.
+/// Stops quietly where the table refuses (e.g. the run was stopped meanwhile).
 async fn advance_to(
     state: &AppState,
     run_id: &str,

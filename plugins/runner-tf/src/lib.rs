@@ -269,7 +269,7 @@ impl<'a, T: RunnerEvent> Session<'a, T> {
 
     /// Runs a `-json` command, rendering its UI messages, collecting error diagnostics and
     /// handing every JSON message to `each`.
-    async fn run_json_with(
+    async fn run_json(
         &self,
         args: &[String],
         mut each: impl FnMut(&serde_json::Value) + Send,
@@ -360,17 +360,13 @@ impl<'a, T: RunnerEvent> Session<'a, T> {
         let vendor = self.runner.flavor.vendor();
         let mut streamed = parse::StreamedPlan::default();
         let (outcome, step) = self
-            .run_json_with(&args, |msg| streamed.observe(msg, vendor))
+            .run_json(&args, |msg| streamed.observe(msg, vendor))
             .instrument(self.step_span("plan"))
             .await?;
         // -detailed-exitcode: 0 no changes, 2 changes, anything else an error.
         Ok(match (outcome.code(), step) {
-            (Some(0), _) => Ok(Planned {
-                changes: false,
-                streamed,
-            }),
-            (Some(2), _) => Ok(Planned {
-                changes: true,
+            (Some(code @ (0 | 2)), _) => Ok(Planned {
+                changes: code == 2,
                 streamed,
             }),
             (_, Err(e)) => Err(e),
@@ -571,7 +567,7 @@ impl TfRunner {
         ];
         let mut outputs = None;
         let (_, step) = session
-            .run_json_with(&args, |msg| {
+            .run_json(&args, |msg| {
                 if msg["type"] == "outputs" {
                     outputs = Some(msg["outputs"].to_string());
                 }
